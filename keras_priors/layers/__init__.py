@@ -1,0 +1,25 @@
+"""Structured convolutions: low-rank composites and root (filter-group) modules, 2D and 3D.
+
+All layers share one rank-generic base (`StructuredConv`), use `keras.ops` only, are
+registered serializable and describe their inner convolutions through `conv_parts`.
+"""
+
+from .base import CompositeHeNormal, ConvPart, StructuredConv
+from .lowrank import PRESETS, LowRankConv, LowRankConv2D, LowRankConv3D, resolve_basis
+from .root import IMPLEMENTATIONS, RootConv, RootConv2D, RootConv3D, choose_implementation
+
+__all__ = [
+    "CompositeHeNormal",
+    "ConvPart",
+    "IMPLEMENTATIONS",
+    "LowRankConv",
+    "LowRankConv2D",
+    "LowRankConv3D",
+    "PRESETS",
+    "RootConv",
+    "RootConv2D",
+    "RootConv3D",
+    "StructuredConv",
+    "choose_implementation",
+    "resolve_basis",
+]

@@ -1,0 +1,369 @@
+"""Rank-generic base for the structured convolutions.
+
+`StructuredConv(rank, ...)` owns everything low-rank and root layers share: argument
+checks, the optional 1x1 combination conv, bias, activation, output shapes, `get_config`
+and the structural description (`conv_parts`) that `keras_priors.complexity` reads.
+Subclasses only say how the *spatial stage* is built and computed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_priors"
+
+
+@dataclass(frozen=True)
+class ConvPart:
+    """One convolution inside a structured layer, as the papers count it.
+
+    `kernel_size` is the filter's spatial extent, `groups` the filter groups, and
+    `output_positions` the number of spatial output positions (product of the output's
+    spatial dims, `None` if unknown).
+    """
+
+    name: str
+    kernel_size: tuple
+    in_channels: int
+    filters: int
+    groups: int
+    output_shape: tuple
+    use_bias: bool
+
+    @property
+    def params(self) -> int:
+        weights = math.prod(self.kernel_size) * (self.in_channels // self.groups) * self.filters
+        return weights + (self.filters if self.use_bias else 0)
+
+    @property
+    def macs(self) -> int | None:
+        positions = self.output_shape[:-1]
+        if any(d is None for d in positions):
+            return None
+        per_position = math.prod(self.kernel_size) * (self.in_channels // self.groups)
+        return math.prod(positions) * per_position * self.filters
+
+
+# ---------------------------------------------------------------------------- checks
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, received {name}={value!r}")
+    return value
+
+
+def int_tuple(value, rank, name):
+    """`3` or `(3, 3)` -> `(3, 3)`, each entry a positive int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * rank
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an int or a tuple of {rank} ints, received {name}={value!r}"
+        ) from None
+    if len(value) != rank:
+        raise ValueError(
+            f"{name} must be an int or a tuple of {rank} ints, received {name}={value!r}"
+        )
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} entries must be positive integers, received {name}={value!r}")
+    return value
+
+
+def conv_output_length(length, extent, stride, padding):
+    """Output length of a conv whose (dilated) kernel extent is `extent`."""
+    if length is None:
+        return None
+    if padding == "same":
+        return -(-length // stride)
+    return (length - extent) // stride + 1
+
+
+def same_padding(length, extent, stride):
+    """TensorFlow SAME padding (before, after) for one axis; extra goes after."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + extent - length, 0)
+    return total // 2, total - total // 2
+
+
+# ------------------------------------------------------------------- initializer
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CompositeHeNormal(keras.initializers.Initializer):
+    """Zero-mean Gaussian with std = sqrt(2 / fan), the low-rank paper's composite init.
+
+    For a composite layer `fan = sum_g w_g * h_g * (d_g) * n_g`: the filter volume of each
+    basis shape times its number of filters, summed over the basis. Structured layers
+    compute `fan` themselves when their `kernel_initializer` is "composite_he_normal".
+
+    >>> init = CompositeHeNormal(fan=3 * 32 + 3 * 32, seed=0)
+    >>> tuple(init((3, 1, 16, 32)).shape)
+    (3, 1, 16, 32)
+    """
+
+    def __init__(self, fan, seed=None):
+        self.fan = positive_int(fan, "fan")
+        self.seed = seed
+        self._normal = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan), seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        return self._normal(shape, dtype=dtype)
+
+    def get_config(self):
+        return {"fan": self.fan, "seed": self.seed}
+
+
+COMPOSITE_HE = "composite_he_normal"
+
+
+def _get_initializer(identifier, fan):
+    if isinstance(identifier, str) and identifier == COMPOSITE_HE:
+        return CompositeHeNormal(fan)
+    return keras.initializers.get(identifier)
+
+
+def _serialize(obj):
+    return keras.saving.serialize_keras_object(obj) if obj is not None else None
+
+
+# --------------------------------------------------------------------------- base
+class StructuredConv(keras.layers.Layer):
+    """Base of the structured convolutions, generic in the spatial rank (1, 2 or 3).
+
+    A structured layer is a *spatial stage* (defined by the subclass) optionally followed
+    by an ungrouped 1x1 *combination* conv to `filters` outputs (`combine=True`), then
+    the activation. Subclasses implement `_spatial_specs`, `_spatial_call` and
+    `_spatial_width` and extend `get_config`.
+    """
+
+    def __init__(
+        self,
+        rank,
+        filters,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        combine=False,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="he_normal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.rank = rank
+        self.filters = positive_int(filters, "filters")
+        self.strides = int_tuple(strides, rank, "strides")
+        self.dilation_rate = int_tuple(dilation_rate, rank, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "strides > 1 cannot be combined with dilation_rate > 1, received "
+                f"strides={self.strides}, dilation_rate={self.dilation_rate}"
+            )
+        padding = padding.lower() if isinstance(padding, str) else padding
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', received padding={padding!r}")
+        self.padding = padding
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                "data_format must be 'channels_last' or 'channels_first', received "
+                f"data_format={data_format!r}"
+            )
+        self.data_format = data_format
+        if not isinstance(combine, bool):
+            raise ValueError(f"combine must be True or False, received combine={combine!r}")
+        self.combine = combine
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=rank + 2)
+        # Keras's own fan-in based init is the fallback if the user passes a custom one.
+        if not (isinstance(kernel_initializer, str) and kernel_initializer == COMPOSITE_HE):
+            keras.initializers.get(kernel_initializer)  # fail early on unknown names
+
+    # ----------------------------------------------------------- layout helpers
+    @property
+    def channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _spatial_shape(self, shape):
+        shape = tuple(shape)
+        return shape[1:-1] if self.data_format == "channels_last" else shape[2:]
+
+    def _channels(self, shape):
+        return shape[self.channel_axis]
+
+    def _with_channels(self, batch, spatial, channels):
+        if self.data_format == "channels_last":
+            return (batch, *spatial, channels)
+        return (batch, channels, *spatial)
+
+    @property
+    def kernel_extent(self):
+        """Dilated spatial extent of the whole layer (its bounding kernel)."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.bounding_kernel_size, self.dilation_rate))
+
+    # ---------------------------------------------------------- weight helpers
+    def _add_kernel(self, name, shape, fan):
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=_get_initializer(self.kernel_initializer, fan),
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+            trainable=True,
+        )
+
+    def _add_bias(self, name, size):
+        if not self.use_bias:
+            return None
+        return self.add_weight(
+            name=name,
+            shape=(size,),
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+            trainable=True,
+        )
+
+    def _bias_add(self, x, bias):
+        if bias is None:
+            return x
+        shape = [1] * (self.rank + 2)
+        shape[self.channel_axis] = bias.shape[0]
+        return ops.add(x, ops.reshape(bias, shape))
+
+    def _conv(self, x, kernel, strides=None, padding=None):
+        return ops.conv(
+            x,
+            kernel,
+            strides=self.strides if strides is None else strides,
+            padding=self.padding if padding is None else padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    # ---------------------------------------------------------------- keras API
+    def build(self, input_shape):
+        in_channels = self._channels(input_shape)
+        if in_channels is None:
+            raise ValueError(
+                f"{self.__class__.__name__} '{self.name}' needs a known number of input "
+                f"channels, received input_shape={tuple(input_shape)}"
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=self.rank + 2, axes={self.channel_axis: in_channels}
+        )
+        self._build_spatial(in_channels)
+        width = self._spatial_width()
+        if self.combine:
+            self.combine_kernel = self._add_kernel(
+                "combine_kernel", (1,) * self.rank + (width, self.filters), self.filters
+            )
+            self.combine_bias = self._add_bias("combine_bias", self.filters)
+        elif width != self.filters:  # subclasses check this with a better message
+            raise ValueError(f"spatial width {width} != filters={self.filters} without combine")
+
+    def call(self, inputs):
+        x = self._spatial_call(inputs)
+        if self.combine:
+            x = self._conv(x, self.combine_kernel, strides=1, padding="valid")
+            x = self._bias_add(x, self.combine_bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        spatial = self._spatial_shape(input_shape)
+        for n, e in zip(spatial, self.kernel_extent):
+            if n is not None and self.padding == "valid" and n < e:
+                raise ValueError(
+                    f"{self.__class__.__name__} '{self.name}': input spatial shape "
+                    f"{spatial} is smaller than the kernel extent {self.kernel_extent} "
+                    "with padding='valid'"
+                )
+        out = tuple(
+            conv_output_length(n, e, s, self.padding)
+            for n, e, s in zip(spatial, self.kernel_extent, self.strides)
+        )
+        return self._with_channels(input_shape[0], out, self.filters)
+
+    def conv_parts(self, input_shape):
+        """The convolutions this layer runs on `input_shape`, as `ConvPart`s.
+
+        Output shapes are channels-last `(*spatial, channels)` without the batch.
+        """
+        in_channels = self._channels(input_shape)
+        spatial_out = self._spatial_shape(self.compute_output_shape(input_shape))
+        parts = list(self._spatial_parts(in_channels, self._spatial_shape(input_shape), spatial_out))
+        if self.combine:
+            parts.append(
+                ConvPart(
+                    "combine",
+                    (1,) * self.rank,
+                    self._spatial_width(),
+                    self.filters,
+                    1,
+                    (*spatial_out, self.filters),
+                    self.use_bias,
+                )
+            )
+        return parts
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "combine": self.combine,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": (
+                    self.kernel_initializer
+                    if isinstance(self.kernel_initializer, str)
+                    else _serialize(keras.initializers.get(self.kernel_initializer))
+                ),
+                "bias_initializer": _serialize(self.bias_initializer),
+                "kernel_regularizer": _serialize(self.kernel_regularizer),
+                "bias_regularizer": _serialize(self.bias_regularizer),
+                "activity_regularizer": _serialize(self.activity_regularizer),
+                "kernel_constraint": _serialize(self.kernel_constraint),
+                "bias_constraint": _serialize(self.bias_constraint),
+            }
+        )
+        return config
+
+    # --------------------------------------------------------- subclass hooks
+    bounding_kernel_size: tuple
+
+    def _build_spatial(self, in_channels):
+        raise NotImplementedError
+
+    def _spatial_width(self):
+        raise NotImplementedError
+
+    def _spatial_call(self, x):
+        raise NotImplementedError
+
+    def _spatial_parts(self, in_channels, spatial_in, spatial_out):
+        raise NotImplementedError
