@@ -40,8 +40,8 @@ PRESETS = {
             (("k1", 1 / 2), ("1k", 1 / 2)), True, doc="kx1 || 1xk halves, then a 1x1 to filters"
         ),
         "lr_lde": Preset(
-            (("k1", 1), ("1k", 1)), True,
-            doc="low-dimensional embedding: kx1 || 1xk of `filters` each, 1x1 down to filters",
+            (("k1", 2), ("1k", 2)), True,
+            doc="low-dimensional embedding: kx1 || 1xk of 2*filters each, 1x1 down to filters",
         ),
         "lr_join_wfull": Preset(
             (("k1", 3 / 8), ("1k", 3 / 8), ("kk", 1 / 4)), True,
@@ -62,8 +62,8 @@ PRESETS = {
             doc="axis-aligned thirds, then a 1x1x1 to filters",
         ),
         "lr_lde": Preset(
-            (("k11", 2 / 3), ("1k1", 2 / 3), ("11k", 2 / 3)), True,
-            doc="axis-aligned basis of 2x filters, 1x1x1 down to filters",
+            (("k11", 4 / 3), ("1k1", 4 / 3), ("11k", 4 / 3)), True,
+            doc="low-dimensional embedding: axis-aligned basis 4x filters wide, 1x1x1 down",
         ),
         "lr_planar_join": Preset(
             (("1kk", 1 / 3), ("k1k", 1 / 3), ("kk1", 1 / 3)), True,
@@ -407,9 +407,10 @@ class LowRankConv2D(LowRankConv):
     """2D low-rank composite convolution.
 
     Presets (`filters` = output channels; see `PRESETS[2]`): "lr" (3x1 || 1x3 halves),
-    "lr_join" (halves, then a 1x1), "lr_lde" (3x1 || 1x3 of `filters` each, 1x1 down),
-    "lr_join_wfull" (3x1 3/8 || 1x3 3/8 || 3x3 1/4, then a 1x1), "sf" (1x3 then 3x1).
-    The paper's 2x variant is "lr" with twice the filters.
+    "lr_join" (halves, then a 1x1), "lr_lde" (3x1 || 1x3 of 2*filters each, then a 1x1
+    down to filters: a low-dimensional embedding), "lr_join_wfull" (3x1 3/8 || 1x3 3/8 ||
+    3x3 1/4, then a 1x1), "sf" (1x3 then 3x1). The paper's 2x variant is "lr" with twice
+    the filters (in VGG-11's conv5 layers; see keras_priors.zoo.vgg).
 
     >>> import numpy as np
     >>> layer = LowRankConv2D(64, 3, basis="lr_join", padding="same", activation="relu")

@@ -91,7 +91,7 @@ def test_sequential_separable_equals_composed_full_conv(rank, basis, padding, st
     "rank,basis,filters,expected",
     [
         (2, "lr", 64, [((3, 1), 32), ((1, 3), 32)]),
-        (2, "lr_lde", 32, [((3, 1), 32), ((1, 3), 32)]),
+        (2, "lr_lde", 32, [((3, 1), 64), ((1, 3), 64)]),
         (2, "lr_join_wfull", 64, [((3, 1), 24), ((1, 3), 24), ((3, 3), 16)]),
         (2, "sf", 64, [((1, 3), 64), ((3, 1), 64)]),
         (3, "lr", 32, [((3, 1, 1), 11), ((1, 3, 1), 11), ((1, 1, 3), 10)]),
@@ -108,7 +108,7 @@ def test_vgg_variant_parameter_counts():
     cases = {
         "lr": 3 * cin * c + c,
         "lr_join": 3 * cin * c + c + c * c + c,
-        "lr_lde": 3 * cin * c * 2 + 2 * c + 2 * c * c + c,  # filters=c here: basis 2c -> c
+        "lr_lde": 3 * cin * 2 * c * 2 + 4 * c + 4 * c * c + c,  # basis 2c || 2c -> 1x1 c
         "lr_join_wfull": 2 * (3 * cin * 3 * c // 8) + 9 * cin * c // 4 + c + c * c + c,
         "sf": 3 * cin * c + c + 3 * c * c + c,
     }

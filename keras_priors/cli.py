@@ -1,0 +1,206 @@
+"""`keras-priors`: a thin command-line front end over the public functions.
+
+    keras-priors zoo list [PATTERN] [--pretrained]
+    keras-priors zoo info NAME [--json]
+    keras-priors zoo profile NAME [--input-shape 32,32,3] [--json]
+    keras-priors zoo predict NAME IMAGE... [--weights imagenet] [--top 5]
+    keras-priors profile MODEL.keras
+    keras-priors bench layers [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W,C integers, received {text!r}") from None
+    if len(shape) != 3 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive integers H,W,C, received {text!r}")
+    return shape
+
+
+def _zoo_list(args):
+    from . import zoo
+
+    names = zoo.list_models(args.pattern, pretrained=True if args.pretrained else None)
+    for name in names:
+        spec = zoo.registry.get(name)
+        tags = ",".join(spec.weights) or "-"
+        print(f"{name:28s} {spec.family:18s} weights: {tags:12s} {spec.description}")
+    if not names:
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    aliases = zoo.registry.aliases()
+    if aliases and args.pattern == "*":
+        print("aliases: " + ", ".join(f"{a} -> {t}" for a, t in sorted(aliases.items())))
+    return 0
+
+
+def _fmt(v, unit):
+    return "-" if v is None else f"{v / (1e9 if unit == 'G' else 1e6):.3f} {unit}"
+
+
+def _zoo_info(args):
+    from . import zoo
+
+    info = zoo.info(args.name)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"{info['name']}  ({info['family']}; aliases: {', '.join(info['aliases']) or '-'})")
+    print(f"  {info['description']}")
+    print(f"  input {info['input_shape']}, {info['classes']} classes, "
+          f"preprocessing {info['preprocessing']!r}")
+    build, paper = info["build"], info["paper"]
+    if paper:
+        print(f"  paper: {paper['reference']}")
+        print(f"    MACs {_fmt(paper['macs'], 'G')}, params {_fmt(paper['params'], 'M')} "
+              f"({paper['param_convention']}), at input {paper['input_shape']}")
+        if paper["accuracy"]:
+            print(f"    accuracy: {paper['accuracy']}")
+        if paper["notes"]:
+            print(f"    notes: {paper['notes']}")
+    line = f"  this build: MACs {_fmt(build['macs'], 'G')}, params {_fmt(build['params'], 'M')}"
+    if "params_paper_convention" in build:
+        line += f" ({_fmt(build['params_paper_convention'], 'M')} counted as the paper does)"
+    print(line + f", at input {build['input_shape']}")
+    for tag, w in info["weights"].items():
+        print(f"  weights {tag!r}: {w['description']} [{w['source']}, sha256 {w['sha256'][:12]}...]")
+    if not info["weights"]:
+        print("  weights: none shipped (architecture only)")
+    return 0
+
+
+def _zoo_profile(args):
+    from . import complexity, zoo
+
+    model = zoo.load(args.name, input_shape=args.input_shape)
+    result = complexity.profile(model, verbose=not args.json)
+    if args.json:
+        print(result.to_json(indent=1))
+    return 0
+
+
+def _zoo_predict(args):
+    import numpy as np
+
+    from . import zoo
+    from .zoo import imagenet
+
+    spec = zoo.registry.get(args.name)
+    if args.weights not in spec.weights and not os.path.isfile(args.weights):
+        tags = ", ".join(spec.weights) or "none"
+        print(f"error: {args.name} has no weights {args.weights!r} (available: {tags})",
+              file=sys.stderr)
+        return 2
+    model = zoo.load(args.name, weights=args.weights)
+    size = model.input_shape[1]
+    images = []
+    for path in args.images:
+        try:
+            images.append(imagenet.load_image(path, size=size))
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read image {path!r}: {e}", file=sys.stderr)
+            return 2
+    x = zoo.preprocess_input(np.stack(images), args.name)
+    preds = model.predict(x, verbose=0)
+    if preds.shape[-1] != 1000:
+        for path, row in zip(args.images, preds):
+            top = np.argsort(-row)[: args.top]
+            print(path + ": " + ", ".join(f"class {i} ({row[i]:.3f})" for i in top))
+        return 0
+    for path, decoded in zip(args.images, zoo.decode_predictions(preds, top=args.top)):
+        print(path)
+        for synset, name, score in decoded:
+            print(f"  {score:6.3f}  {name} ({synset})")
+    return 0
+
+
+def _profile(args):
+    import keras
+
+    from . import complexity
+
+    from . import layers  # noqa: F401  (registers the structured layers for deserialization)
+
+    if not os.path.isfile(args.model):
+        from . import zoo
+
+        model = zoo.load(args.model, input_shape=args.input_shape)
+    else:
+        model = keras.saving.load_model(args.model, compile=False)
+    complexity.profile(model)
+    return 0
+
+
+def _bench(args):
+    if args.what == "layers":
+        from .bench import layers
+
+        return layers.main(["--quick"] if args.quick else [])
+    return 2
+
+
+def build_parser():
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="keras-priors",
+        description="Structural priors for Keras: structured layers, model zoo, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"keras-priors {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="the model zoo").add_subparsers(dest="zoo_command",
+                                                                     required=True)
+    p = zoo.add_parser("list", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet50*'")
+    p.add_argument("--pretrained", action="store_true", help="only models with weights")
+    p.set_defaults(func=_zoo_list)
+    p = zoo.add_parser("info", help="paper figures vs this build, weights")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_zoo_info)
+    p = zoo.add_parser("profile", help="per-layer params and MACs")
+    p.add_argument("name")
+    p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_zoo_profile)
+    p = zoo.add_parser("predict", help="classify images with a pretrained model")
+    p.add_argument("name")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=_zoo_predict)
+
+    p = sub.add_parser("profile", help="params and MACs of a saved .keras model or zoo name")
+    p.add_argument("model")
+    p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C (zoo names)")
+    p.set_defaults(func=_profile)
+
+    p = sub.add_parser("bench", help="benchmarks that print tables")
+    p.add_argument("what", choices=["layers"])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

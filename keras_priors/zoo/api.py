@@ -1,0 +1,156 @@
+"""`load`, `list_models` and `info`: the zoo's public face (keras.applications style)."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+from pathlib import Path
+
+import keras
+
+from . import registry
+from . import weights as weights_lib
+
+
+def list_models(pattern="*", pretrained=None):
+    """Registered model names matching a glob `pattern`, sorted.
+
+    `pretrained=True` keeps models with at least one weight tag, `False` those without.
+
+    >>> list_models("nin_root*")
+    ['nin_root16', 'nin_root2', 'nin_root4', 'nin_root8']
+    """
+    out = []
+    for name in registry.names():
+        if not fnmatch.fnmatchcase(name, pattern):
+            continue
+        has = bool(registry.get(name).weights)
+        if pretrained is None or has == bool(pretrained):
+            out.append(name)
+    return out
+
+
+def _weights_choice(spec, weights):
+    """-> (WeightsEntry or None, user path or None)."""
+    if weights is None:
+        return None, None
+    if isinstance(weights, str) and weights in spec.weights:
+        return spec.weights[weights], None
+    if isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        looks_like_file = path.suffix in (".h5", ".keras") or os.sep in str(weights)
+        if path.is_file():
+            return None, path
+        if looks_like_file:
+            raise ValueError(f"weights file {str(weights)!r} does not exist")
+    tags = ", ".join(repr(t) for t in spec.weights) or "none"
+    raise ValueError(
+        f"weights={weights!r} is neither a weight tag of {spec.name!r} (available: {tags}) "
+        "nor the path of an existing weights file"
+    )
+
+
+def _copy_by_name(source, target):
+    """Copy weights layer by layer (matched by name) from `source` to `target`."""
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if layer.weights and layer.name in by_name:
+            layer.set_weights(by_name[layer.name].get_weights())
+
+
+def _load_file(model, path, entry, spec):
+    if entry is not None and entry.loader != "keras":
+        if spec.weight_loader is None:
+            raise ValueError(f"{spec.name!r} has no reader for {entry.loader!r} weights")
+        spec.weight_loader(model, path, entry)
+    elif str(path).endswith(".keras"):
+        _copy_by_name(keras.saving.load_model(path, compile=False), model)
+    else:
+        model.load_weights(path)
+
+
+def load(name, weights=None, include_top=True, input_shape=None, classes=None, pooling=None,
+         classifier_activation="softmax"):
+    """Build a zoo model, optionally with weights (a tag such as "imagenet", or a path).
+
+    Like keras.applications: `include_top=False` drops the classifier (then `pooling`
+    None/"avg"/"max" applies), `classes` sizes the head, `input_shape` defaults to the
+    model's. Weight files are always checked against their sha256 before loading.
+
+    >>> import keras_priors
+    >>> model = keras_priors.zoo.load("nin_root8", input_shape=(28, 28, 1))
+    >>> model.output_shape
+    (None, 10)
+    """
+    spec = registry.get(name)
+    entry, path = _weights_choice(spec, weights)
+    if entry is not None:
+        if classes is not None and include_top and classes != entry.classes:
+            raise ValueError(
+                f"weights={weights!r} of {spec.name!r} have a {entry.classes}-class head but "
+                f"classes={classes} was requested; pass include_top=False to use the weights "
+                "as a feature extractor with your own head"
+            )
+        if input_shape is None and entry.input_shape is not None:
+            input_shape = entry.input_shape
+    head_classes = classes or (entry.classes if entry else spec.classes)
+    model = spec.builder(include_top, input_shape, head_classes, pooling, classifier_activation,
+                         spec.name)
+    if entry is None and path is None:
+        return model
+    file = weights_lib.resolve(entry) if entry is not None else path
+    if include_top:
+        target = model
+    else:  # load into the full model the weights were made for, then keep the trunk
+        target = spec.builder(True, input_shape, entry.classes if entry else spec.classes,
+                              None, classifier_activation, spec.name)
+    try:
+        _load_file(target, file, entry, spec)
+    except ValueError as e:
+        raise ValueError(f"could not load weights {str(file)!r} into {spec.name!r}: {e}") from e
+    if target is not model:
+        _copy_by_name(target, model)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _build_figures(name):
+    from .fidelity import build_figures
+
+    return build_figures(name)
+
+
+def info(name):
+    """What the zoo knows about `name`: paper figures beside this build's, weights, inputs.
+
+    >>> info("resnet50_root")["paper"]["macs"]
+    2115000000
+    """
+    spec = registry.get(name)
+    paper = spec.paper
+    out = {
+        "name": spec.name,
+        "aliases": sorted(a for a, t in registry.aliases().items() if t == spec.name),
+        "family": spec.family,
+        "description": spec.description,
+        "input_shape": spec.input_shape,
+        "classes": spec.classes,
+        "preprocessing": spec.preprocessing,
+        "weights": {
+            tag: {"source": e.source, "sha256": e.sha256, "classes": e.classes,
+                  "preprocessing": e.preprocessing, "description": e.description,
+                  "card": e.card}
+            for tag, e in spec.weights.items()
+        },
+        "paper": None,
+        "build": _build_figures(spec.name),
+    }
+    if paper is not None:
+        out["paper"] = {
+            "reference": paper.reference, "macs": paper.macs, "params": paper.params,
+            "accuracy": paper.accuracy, "input_shape": paper.input_shape,
+            "param_convention": registry.PARAM_CONVENTIONS[paper.param_convention],
+            "notes": paper.notes,
+        }
+    return out
