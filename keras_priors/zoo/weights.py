@@ -100,7 +100,7 @@ def resolve(entry: WeightsEntry) -> Path:
         path = Path(__file__).resolve().parents[1] / source[len("package:") :]
     elif source.startswith("resource:"):
         path = _resource_path(source[len("resource:") :])
-    elif source.startswith(("http://", "https://")):
+    elif source.startswith(("http://", "https://", "file://")):  # file:// = a local mirror
         return _download(source, entry.sha256)
     else:
         raise WeightsError(f"weights entry {entry.tag!r} has an unknown source {source!r}")
