@@ -126,9 +126,10 @@ def _zoo_predict(args):
 def _profile(args):
     import keras
 
-    from . import complexity
-
-    from . import layers  # noqa: F401  (registers the structured layers for deserialization)
+    from . import (
+        complexity,
+        layers,  # noqa: F401  (registers the structured layers for deserialization)
+    )
 
     if not os.path.isfile(args.model):
         from . import zoo

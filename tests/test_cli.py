@@ -4,7 +4,6 @@ import shutil
 import subprocess
 
 import keras
-import numpy as np
 import pytest
 
 from keras_priors import cli

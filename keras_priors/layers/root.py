@@ -26,7 +26,7 @@ from .base import PACKAGE, ConvPart, StructuredConv, int_tuple, positive_int
 IMPLEMENTATIONS = ("auto", "grouped", "split")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has_accelerator():
     try:
         devices = keras.distribution.list_devices()

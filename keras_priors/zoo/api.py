@@ -114,7 +114,7 @@ def load(name, weights=None, include_top=True, input_shape=None, classes=None, p
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_figures(name):
     from .fidelity import build_figures
 

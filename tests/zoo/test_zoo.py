@@ -3,7 +3,6 @@ and the weights registry (checksums, cache, heads)."""
 
 import hashlib
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
