@@ -4,6 +4,9 @@
     keras-priors zoo info NAME [--json]
     keras-priors zoo profile NAME [--input-shape 32,32,3] [--json]
     keras-priors zoo predict NAME IMAGE... [--weights imagenet] [--top 5]
+    keras-priors train MODEL --data fashion_mnist --epochs N --batch-size B --out DIR
+        [--resume] [--seed S] [--mixed-precision] [--optimizer sgd|adamw] ...
+    keras-priors evaluate MODEL --weights TAG_OR_PATH --data fashion_mnist
     keras-priors profile MODEL.keras
     keras-priors bench layers [--quick]
 """
@@ -141,6 +144,30 @@ def _profile(args):
     return 0
 
 
+def _train(args):
+    from . import training
+
+    fields = training.TrainConfig.__dataclass_fields__
+    cfg = training.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        result = training.fit(cfg, args.out, resume=args.resume,
+                              verbose="auto" if not args.quiet else 0)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def _evaluate(args):
+    from . import training
+
+    result = training.evaluate(args.model, args.weights, args.data, args.data_dir,
+                               args.limit_test, width=args.width)
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
 def _bench(args):
     if args.what == "layers":
         from .bench import layers
@@ -181,6 +208,39 @@ def build_parser():
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=_zoo_predict)
 
+    p = sub.add_parser("train", help="train a zoo model on a classification dataset")
+    p.add_argument("model", help="a zoo name, e.g. nin_root8")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist, a tfds name (tfds:NAME) or an image folder")
+    p.add_argument("--data-dir", default=None, help="IDX folder / tfds data_dir")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", required=True, help="output folder (never overwritten)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--width", type=float, default=None, help="width multiplier (nin, resnet20)")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N examples")
+    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy, loss, MACs and params as JSON")
+    p.add_argument("model")
+    p.add_argument("--weights", required=True, help="a weight tag or a weights file")
+    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--width", type=float, default=None)
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("profile", help="params and MACs of a saved .keras model or zoo name")
     p.add_argument("model")
     p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C (zoo names)")
@@ -198,7 +258,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -70,13 +70,27 @@ def _load_file(model, path, entry, spec):
         model.load_weights(path)
 
 
+def _build(spec, include_top, input_shape, classes, pooling, classifier_activation, options):
+    try:
+        return spec.builder(include_top, input_shape, classes, pooling, classifier_activation,
+                            spec.name, **options)
+    except TypeError as e:
+        if options and "unexpected keyword" in str(e):
+            raise ValueError(
+                f"{spec.name!r} takes no architecture option(s) {sorted(options)} "
+                f"(family {spec.family!r})"
+            ) from None
+        raise
+
+
 def load(name, weights=None, include_top=True, input_shape=None, classes=None, pooling=None,
-         classifier_activation="softmax"):
+         classifier_activation="softmax", **options):
     """Build a zoo model, optionally with weights (a tag such as "imagenet", or a path).
 
     Like keras.applications: `include_top=False` drops the classifier (then `pooling`
     None/"avg"/"max" applies), `classes` sizes the head, `input_shape` defaults to the
-    model's. Weight files are always checked against their sha256 before loading.
+    model's. `options` are the family's architecture options (`width=0.5` for nin and
+    resnet_cifar). Weight files are always checked against their sha256 before loading.
 
     >>> import keras_priors
     >>> model = keras_priors.zoo.load("nin_root8", input_shape=(28, 28, 1))
@@ -94,17 +108,23 @@ def load(name, weights=None, include_top=True, input_shape=None, classes=None, p
             )
         if input_shape is None and entry.input_shape is not None:
             input_shape = entry.input_shape
+        for key, value in entry.build_kwargs.items():
+            if options.setdefault(key, value) != value:
+                raise ValueError(
+                    f"weights={weights!r} of {spec.name!r} are for {key}={value}, but "
+                    f"{key}={options[key]} was requested"
+                )
     head_classes = classes or (entry.classes if entry else spec.classes)
-    model = spec.builder(include_top, input_shape, head_classes, pooling, classifier_activation,
-                         spec.name)
+    model = _build(spec, include_top, input_shape, head_classes, pooling, classifier_activation,
+                   options)
     if entry is None and path is None:
         return model
     file = weights_lib.resolve(entry) if entry is not None else path
     if include_top:
         target = model
     else:  # load into the full model the weights were made for, then keep the trunk
-        target = spec.builder(True, input_shape, entry.classes if entry else spec.classes,
-                              None, classifier_activation, spec.name)
+        target = _build(spec, True, input_shape, entry.classes if entry else spec.classes,
+                        None, classifier_activation, options)
     try:
         _load_file(target, file, entry, spec)
     except ValueError as e:

@@ -63,6 +63,10 @@ def _unit(x):
     return x / 255.0
 
 
+def _fashion_mnist(x):
+    return (x / 255.0 - 0.2860) / 0.3530
+
+
 # name -> (function of float32 RGB pixels in 0..255, description)
 PREPROCESSING = {
     "lite": (_lite, "(x - 127) / 128: EfficientNet-Lite"),
@@ -71,6 +75,7 @@ PREPROCESSING = {
     "tf": (_tf, "x / 127.5 - 1: Inception / MobileNet"),
     "cifar": (_cifar, "x / 255, then minus the CIFAR-10 mean, over its std (RGB)"),
     "unit": (_unit, "x / 255: pixels in [0, 1]"),
+    "fashion_mnist": (_fashion_mnist, "x / 255, minus the Fashion-MNIST mean 0.2860, over 0.3530"),
     "none": (_none, "unchanged"),
 }
 

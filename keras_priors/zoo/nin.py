@@ -51,6 +51,10 @@ def build_nin(overrides=None, width=1.0, include_top=True, input_shape=None, cla
     overrides = overrides or {}
     inputs = make_input(input_shape, (32, 32, 3), 8)
     x = inputs
+    convs = [item[0] for item in BASE if isinstance(item, tuple)]
+    groups = [overrides.get(layer, {}).get("groups", 1) for layer in convs]
+    # a scaled width stays divisible by this layer's groups and by its consumer's
+    divisor = {layer: math.lcm(g, nxt) for layer, g, nxt in zip(convs, groups, groups[1:] + [1])}
     for item in BASE:
         if item in ("maxpool", "avgpool"):
             x = ceil_pool(x, item[:3], name=f"pool{'1' if item == 'maxpool' else '2'}")
@@ -62,7 +66,8 @@ def build_nin(overrides=None, width=1.0, include_top=True, input_shape=None, cla
         is_classifier = spec["filters"] is None
         if is_classifier and not include_top:
             break
-        filters = classes if is_classifier else max(1, int(round(spec["filters"] * width)))
+        d = divisor[layer]
+        filters = classes if is_classifier else max(d, round(spec["filters"] * width / d) * d)
         x = conv2d(x, filters, spec["kernel"], name=layer, kind=spec["kind"],
                    groups=spec["groups"])
         x = keras.layers.BatchNormalization(name=f"{layer}_bn")(x)
@@ -127,8 +132,9 @@ ALIASES = {"nin_root": "nin_root8"}
 
 
 def _builder(overrides):
-    def build(include_top, input_shape, classes, pooling, classifier_activation, name):
-        return build_nin(overrides, 1.0, include_top, input_shape, classes, pooling,
+    def build(include_top, input_shape, classes, pooling, classifier_activation, name,
+              width=1.0):
+        return build_nin(overrides, width, include_top, input_shape, classes, pooling,
                          classifier_activation, name)
     return build
 

@@ -73,6 +73,7 @@ class WeightsEntry:
     loader: str = "keras"
     description: str = ""
     card: str | None = None
+    build_kwargs: dict = field(default_factory=dict)  # architecture options, e.g. width=0.25
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,36 @@ def add_weights(name, entry: WeightsEntry):
     spec.weights[entry.tag] = entry
 
 
+_MANIFESTS_READ = []
+
+
 def _ensure_loaded():
-    # Importing the families registers their models.
-    from . import efficientnet_lite, nin, resnet, vgg  # noqa: F401
+    # Importing the families registers their models; shipped weights are data beside them.
+    from . import efficientnet_lite, nin, resnet, resnet_cifar, vgg  # noqa: F401
+
+    if not _MANIFESTS_READ:
+        _MANIFESTS_READ.append(True)
+        _read_manifests()
+
+
+def _read_manifests():
+    """Register the weights listed in keras_priors/zoo/weights/<tag>/manifest.json."""
+    import json
+    from pathlib import Path
+
+    for manifest in sorted((Path(__file__).parent / "weights").glob("*/manifest.json")):
+        tag = manifest.parent.name
+        for model, e in json.loads(manifest.read_text()).items():
+            recipe = e.get("recipe", {})
+            build = {k: recipe[k] for k in ("width",) if recipe.get(k) is not None}
+            add_weights(model, WeightsEntry(
+                tag=tag, source=f"package:{e['file']}", sha256=e["sha256"],
+                preprocessing=e.get("preprocessing", tag), classes=e.get("classes", 10),
+                input_shape=tuple(e.get("input_shape", (28, 28, 1))), loader="keras",
+                description=f"trained on {tag} here: {100 * e['accuracy']:.2f}% test accuracy "
+                            f"(see {e.get('card')})",
+                card=e.get("card"), build_kwargs=build,
+            ))
 
 
 def names(include_aliases=False):

@@ -1,0 +1,130 @@
+"""Training on real Fashion-MNIST slices: a tiny real run, kill-and-resume equals an
+uninterrupted run, the NaN guard, the output folder rules, and evaluate."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_priors import training
+
+TINY = dict(model="nin_root8", width=0.125, batch_size=64, limit_train=512, limit_test=256,
+            warmup_epochs=0.5)
+
+
+def _weights(path):
+    model = keras.saving.load_model(path)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_tiny_real_training_writes_everything(tmp_path):
+    result = training.fit(training.TrainConfig(epochs=2, **TINY), tmp_path, verbose=0)
+    for name in ("config.json", "checkpoint.keras", "state.json", "log.csv", "result.json",
+                 "weights.weights.h5"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "tensorboard").is_dir()
+    assert 0 <= result["accuracy"] <= 1 and math.isfinite(result["loss"])
+    history = json.loads((tmp_path / "state.json").read_text())["history"]
+    assert history[1]["loss"] < history[0]["loss"]  # it learns, on real images
+    assert result["test_examples"] == 256 and result["epochs"] == 2
+    assert result["macs"] > 0 and result["params"] > 0 and result["train_seconds"] > 0
+    assert json.loads((tmp_path / "result.json").read_text())["accuracy"] == result["accuracy"]
+    assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 3
+
+
+def test_out_folder_is_never_overwritten(tmp_path):
+    training.fit(training.TrainConfig(epochs=1, **TINY), tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="already holds a run .* pass --resume"):
+        training.fit(training.TrainConfig(epochs=1, **TINY), tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="holds a run with a different configuration"):
+        training.fit(training.TrainConfig(epochs=2, **{**TINY, "seed": 5}), tmp_path,
+                     resume=True, verbose=0)
+
+
+def _cli(out, epochs, resume=False):
+    argv = [sys.executable, "-m", "keras_priors.cli", "train", "nin_root8", "--out", str(out),
+            "--epochs", str(epochs), "--width", "0.125", "--batch-size", "64",
+            "--limit-train", "512", "--limit-test", "256", "--warmup-epochs", "0.5", "--quiet"]
+    return argv + (["--resume"] if resume else [])
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(_cli(whole, 3), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen(_cli(killed, 3), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = killed / "state.json"
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch = json.loads((killed / "state.json").read_text())["epoch"]
+    assert 1 <= epoch < 3, "the run was not interrupted mid-way"
+    keras.saving.load_model(killed / "checkpoint.keras")  # the last checkpoint is intact
+
+    done = subprocess.run(_cli(killed, 3, resume=True), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for a, b in zip(_weights(whole / "checkpoint.keras"), _weights(killed / "checkpoint.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    a = json.loads((whole / "result.json").read_text())
+    b = json.loads((killed / "result.json").read_text())
+    assert a["accuracy"] == b["accuracy"]
+    assert len((killed / "log.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = training.TrainConfig(epochs=2, learning_rate=1e12, **TINY)
+    with pytest.raises(FloatingPointError, match="the last good checkpoint"):
+        training.fit(cfg, tmp_path, verbose=0)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["status"] == "stopped: non-finite loss" and state["epoch"] == 0
+    assert not (tmp_path / "checkpoint.keras").exists()
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_nan_after_a_good_epoch_keeps_that_checkpoint(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.save(tmp_path / "checkpoint.keras")
+    before = (tmp_path / "checkpoint.keras").read_bytes()
+    keeper = training.RunKeeper(tmp_path, {"epoch": 1, "train_seconds": 0.0, "history": []})
+    keeper.set_model(model)
+    keeper.on_epoch_begin(1)
+    keeper.on_train_batch_end(3, {"loss": float("nan")})
+    keeper.on_epoch_end(1, {"loss": float("nan")})
+    assert model.stop_training and keeper.bad_loss == {"epoch": 2, "batch": 3, "loss": keeper.bad_loss["loss"]}
+    assert (tmp_path / "checkpoint.keras").read_bytes() == before
+
+
+def test_evaluate_prints_the_same_json(tmp_path, capsys):
+    from keras_priors import cli
+
+    training.fit(training.TrainConfig(epochs=1, **TINY), tmp_path, verbose=0)
+    code = cli.main(["evaluate", "nin_root8", "--weights", str(tmp_path / "weights.weights.h5"),
+                     "--width", "0.125", "--limit-test", "256"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    trained = json.loads((tmp_path / "result.json").read_text())
+    assert out["accuracy"] == pytest.approx(trained["accuracy"], abs=1e-9)
+    assert out["macs"] == trained["macs"] and out["params"] == trained["params"]
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw', received optimizer='adam'"):
+        training.TrainConfig("nin", optimizer="adam")
+    with pytest.raises(ValueError, match="epochs must be a positive integer, received epochs=0"):
+        training.TrainConfig("nin", epochs=0)
