@@ -4,9 +4,10 @@ NaN guard, CSV / TensorBoard logs and a final JSON report.
     keras-priors train nin_root8 --data fashion_mnist --epochs 10 --out runs/nin_root8
     keras-priors train nin_root8 --data fashion_mnist --epochs 10 --out runs/nin_root8 --resume
 
-An output folder holds `config.json`, `checkpoint.keras` (model + optimizer state, replaced
-atomically after every epoch), `state.json`, `log.csv`, `tensorboard/`, and at the end
-`result.json` and `weights.weights.h5`. `--resume` continues after the last completed
+An output folder holds `config.json`, `checkpoint-epochNNNN.keras` (model + optimizer state
+after the last completed epoch), `state.json` (the commit point: it names that checkpoint
+and holds the dropout RNG states, which `.keras` files do not store), `log.csv`,
+`tensorboard/`, and at the end `result.json` and `weights.weights.h5`. `--resume` continues after the last completed
 epoch with the same optimizer state, schedule position and data order (an epoch's batches
 depend only on the seed and the epoch), also after the process was killed. A NaN or inf
 loss stops the run and leaves the last good checkpoint in place.
@@ -27,8 +28,9 @@ import numpy as np
 
 from . import complexity, zoo
 from . import data as data_lib
+from . import layers as _layers  # noqa: F401  (registers the layers checkpoints contain)
 
-FILES = ("config.json", "checkpoint.keras", "state.json", "log.csv", "result.json")
+FILES = ("config.json", "state.json", "log.csv", "result.json")
 
 
 @dataclass
@@ -145,6 +147,56 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     return opt
 
 
+def rng_states(model):
+    """{layer name: [seed-generator states]}: the RNG positions `.keras` files leave out."""
+    out = {}
+    for layer in model.layers:
+        states = [v for v in layer.variables if v.path.endswith("seed_generator_state")]
+        if states:
+            out[layer.name] = [np.asarray(v).tolist() for v in states]
+    return out
+
+
+def set_rng_states(model, states):
+    for name, values in states.items():
+        variables = [v for v in model.get_layer(name).variables
+                     if v.path.endswith("seed_generator_state")]
+        for v, value in zip(variables, values):
+            v.assign(np.asarray(value, dtype=v.dtype))
+
+
+def checkpoint_path(out, state):
+    """The checkpoint a run's state.json names (None before the first epoch ends)."""
+    if state.get("checkpoint"):
+        return Path(out) / state["checkpoint"]
+    legacy = Path(out) / "checkpoint.keras"  # runs written before per-epoch names
+    return legacy if state.get("epoch") and legacy.exists() else None
+
+
+def restore_checkpoint(model, path, rng=None):
+    """Copy every variable (weights, BN statistics, RNG states, optimizer slots and step)
+    of a `.keras` checkpoint into a freshly built and compiled `model`.
+
+    Rebuilding instead of using the loaded model keeps what a `.keras` file does not store,
+    such as the optimizer's weight-decay exclusions.
+    """
+    saved = keras.saving.load_model(path)
+    theirs_by_layer = {layer.name: layer for layer in saved.layers}
+    for layer in model.layers:  # layer names are stable; variable paths are not
+        mine = layer.variables
+        theirs = theirs_by_layer[layer.name].variables if layer.name in theirs_by_layer else []
+        if [tuple(v.shape) for v in mine] != [tuple(v.shape) for v in theirs]:
+            raise ValueError(f"checkpoint {path} does not match the model at layer {layer.name!r}")
+        for a, b in zip(mine, theirs):
+            a.assign(b)
+    set_rng_states(model, rng or {})
+    model.optimizer.build(model.trainable_variables)
+    if len(model.optimizer.variables) != len(saved.optimizer.variables):
+        raise ValueError(f"checkpoint {path}: optimizer state does not match this configuration")
+    for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables):
+        mine.assign(theirs)
+
+
 def compile_model(model, cfg, steps):
     model.compile(
         optimizer=make_optimizer(cfg, steps),
@@ -175,20 +227,29 @@ class RunKeeper(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.bad_loss is not None:
             return
-        save_model_atomic(self.model, self.out / "checkpoint.keras")
+        previous = checkpoint_path(self.out, self.state)
+        name = f"checkpoint-epoch{epoch + 1:04d}.keras"
+        save_model_atomic(self.model, self.out / name)
+        self.state["checkpoint"] = name
+        self.state["rng"] = rng_states(self.model)
         self.state["epoch"] = epoch + 1
         self.state["train_seconds"] += time.perf_counter() - self._t0
         self.state["history"].append({k: float(v) for k, v in (logs or {}).items()})
-        write_json_atomic(self.out / "state.json", self.state)
+        write_json_atomic(self.out / "state.json", self.state)  # the commit point
+        if previous is not None and previous.name != name and previous.exists():
+            previous.unlink()
 
 
 # ------------------------------------------------------------------------ fit
 def _check_out(out: Path, cfg: TrainConfig, resume: bool):
-    existing = [f for f in FILES if (out / f).exists()]
+    existing = [f for f in FILES if (out / f).exists()] + sorted(
+        p.name for p in out.glob("checkpoint-epoch*.keras"))
     if resume:
-        if not (out / "checkpoint.keras").exists():
+        state = _read_json(out / "state.json") if (out / "state.json").exists() else {}
+        ckpt = checkpoint_path(out, state)
+        if ckpt is None or not ckpt.exists():
             if existing:
-                raise ValueError(f"--resume: {out} has no checkpoint.keras to resume from")
+                raise ValueError(f"--resume: {out} has no completed epoch to resume from")
             return None  # nothing to resume: a fresh start
         saved = _read_json(out / "config.json")
         mismatched = {k: (saved.get(k), v) for k, v in asdict(cfg).items()
@@ -237,7 +298,9 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
             write_json_atomic(out / "config.json", asdict(cfg))
             write_json_atomic(out / "state.json", state)
         else:
-            model = keras.saving.load_model(out / "checkpoint.keras")
+            model = build_model(cfg, data)
+            compile_model(model, cfg, steps)
+            restore_checkpoint(model, checkpoint_path(out, state), state.get("rng"))
         keeper = RunKeeper(out, state)
         first = state["epoch"]
         if first < cfg.epochs:
@@ -252,10 +315,12 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
             state["status"] = "stopped: non-finite loss"
             state["bad_loss"] = keeper.bad_loss
             write_json_atomic(out / "state.json", state)
+            kept = checkpoint_path(out, state)
             raise FloatingPointError(
                 f"loss became {keeper.bad_loss['loss']} at epoch {keeper.bad_loss['epoch']} "
-                f"batch {keeper.bad_loss['batch']}; the last good checkpoint "
-                f"({out / 'checkpoint.keras'}, epoch {state['epoch']}) is kept"
+                f"batch {keeper.bad_loss['batch']}; "
+                + (f"the last good checkpoint ({kept}, epoch {state['epoch']}) is kept"
+                   if kept else "no epoch had completed, so there is no checkpoint")
             )
         result = report(model, data, cfg.model, extra={
             "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 2),

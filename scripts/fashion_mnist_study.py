@@ -67,7 +67,7 @@ def train(models, seeds):
                 print(f"{out.name}: done", flush=True)
                 continue
             cfg = training.TrainConfig(model, seed=seed, **recipe(model))
-            result = training.fit(cfg, out, resume=(out / "checkpoint.keras").exists(), verbose=2)
+            result = training.fit(cfg, out, resume=(out / "state.json").exists(), verbose=2)
             print(f"{out.name}: accuracy {result['accuracy']:.4f} in {result['train_seconds']} s",
                   flush=True)
 
@@ -134,9 +134,12 @@ def covariance():
     batches = data.eval_batches(fm, 250)
     out = {}
     for model_name, (a, b) in COVARIANCE.items():
-        path = run_dir(model_name, 0) / "checkpoint.keras"
-        if not path.exists():
+        state = run_dir(model_name, 0) / "state.json"
+        if not state.exists():
             continue
+        from keras_priors import training
+
+        path = training.checkpoint_path(state.parent, json.loads(state.read_text()))
         model = keras.saving.load_model(path)
         own = getattr(model.get_layer(b), "groups", 1)
         res4 = analysis.filter_covariance(model, a, b, batches, groups=4, max_batches=8,

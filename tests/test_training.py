@@ -19,16 +19,21 @@ TINY = dict(model="nin_root8", width=0.125, batch_size=64, limit_train=512, limi
             warmup_epochs=0.5)
 
 
-def _weights(path):
-    model = keras.saving.load_model(path)
+def _checkpoint(out):
+    return training.checkpoint_path(out, json.loads((out / "state.json").read_text()))
+
+
+def _weights(out):
+    model = keras.saving.load_model(_checkpoint(out))
     return [np.asarray(w) for w in model.get_weights()]
 
 
 def test_tiny_real_training_writes_everything(tmp_path):
     result = training.fit(training.TrainConfig(epochs=2, **TINY), tmp_path, verbose=0)
-    for name in ("config.json", "checkpoint.keras", "state.json", "log.csv", "result.json",
-                 "weights.weights.h5"):
+    for name in ("config.json", "checkpoint-epoch0002.keras", "state.json", "log.csv",
+                 "result.json", "weights.weights.h5"):
         assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "checkpoint-epoch0001.keras").exists()  # superseded, removed
     assert (tmp_path / "tensorboard").is_dir()
     assert 0 <= result["accuracy"] <= 1 and math.isfinite(result["loss"])
     history = json.loads((tmp_path / "state.json").read_text())["history"]
@@ -73,13 +78,13 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     epoch = json.loads((killed / "state.json").read_text())["epoch"]
     assert 1 <= epoch < 3, "the run was not interrupted mid-way"
-    keras.saving.load_model(killed / "checkpoint.keras")  # the last checkpoint is intact
+    keras.saving.load_model(_checkpoint(killed))  # the last checkpoint is intact
 
     done = subprocess.run(_cli(killed, 3, resume=True), env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    for a, b in zip(_weights(whole / "checkpoint.keras"), _weights(killed / "checkpoint.keras")):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_weights(whole), _weights(killed)):
+        np.testing.assert_array_equal(a, b)  # bit-exact: same batches, optimizer and RNG states
     a = json.loads((whole / "result.json").read_text())
     b = json.loads((killed / "result.json").read_text())
     assert a["accuracy"] == b["accuracy"]
@@ -88,26 +93,28 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = training.TrainConfig(epochs=2, learning_rate=1e12, **TINY)
-    with pytest.raises(FloatingPointError, match="the last good checkpoint"):
+    with pytest.raises(FloatingPointError, match="no epoch had completed"):
         training.fit(cfg, tmp_path, verbose=0)
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["status"] == "stopped: non-finite loss" and state["epoch"] == 0
-    assert not (tmp_path / "checkpoint.keras").exists()
+    assert not list(tmp_path.glob("checkpoint*.keras"))
     assert not (tmp_path / "result.json").exists()
 
 
 def test_nan_after_a_good_epoch_keeps_that_checkpoint(tmp_path):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    model.save(tmp_path / "checkpoint.keras")
-    before = (tmp_path / "checkpoint.keras").read_bytes()
-    keeper = training.RunKeeper(tmp_path, {"epoch": 1, "train_seconds": 0.0, "history": []})
+    model.save(tmp_path / "checkpoint-epoch0001.keras")
+    before = (tmp_path / "checkpoint-epoch0001.keras").read_bytes()
+    keeper = training.RunKeeper(tmp_path, {"epoch": 1, "train_seconds": 0.0, "history": [],
+                                           "checkpoint": "checkpoint-epoch0001.keras"})
     keeper.set_model(model)
     keeper.on_epoch_begin(1)
     keeper.on_train_batch_end(3, {"loss": float("nan")})
     keeper.on_epoch_end(1, {"loss": float("nan")})
     assert model.stop_training and keeper.bad_loss == {"epoch": 2, "batch": 3, "loss": keeper.bad_loss["loss"]}
-    assert (tmp_path / "checkpoint.keras").read_bytes() == before
+    assert (tmp_path / "checkpoint-epoch0001.keras").read_bytes() == before
+    assert not (tmp_path / "checkpoint-epoch0002.keras").exists()
 
 
 def test_evaluate_prints_the_same_json(tmp_path, capsys):
@@ -128,3 +135,13 @@ def test_bad_config_values():
         training.TrainConfig("nin", optimizer="adam")
     with pytest.raises(ValueError, match="epochs must be a positive integer, received epochs=0"):
         training.TrainConfig("nin", epochs=0)
+
+
+def test_mixed_precision_run(tmp_path):
+    result = training.fit(training.TrainConfig(epochs=1, mixed_precision=True, **TINY), tmp_path,
+                          verbose=0)
+    assert math.isfinite(result["loss"])
+    model = keras.saving.load_model(_checkpoint(tmp_path))
+    assert model.get_layer("conv2a").compute_dtype in ("bfloat16", "float16")
+    assert model.output.dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards

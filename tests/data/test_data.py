@@ -30,8 +30,8 @@ def test_missing_files_say_how_to_install(tmp_path):
 
 
 def test_path_argument_and_environment_override(tmp_path, monkeypatch):
-    for stem, n in (("train-images-idx3-ubyte", 0), ("train-labels-idx1-ubyte", 0),
-                    ("t10k-images-idx3-ubyte", 0), ("t10k-labels-idx1-ubyte", 0)):
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
         array = data.read_idx(f"{sources.FASHION_MNIST_DIR}/{stem}.gz")[:50]
         data.write_idx(tmp_path / stem, array)  # uncompressed copies are read too
     monkeypatch.setenv(sources.FASHION_MNIST_ENV, str(tmp_path))

@@ -184,3 +184,11 @@ def test_preprocess_input_by_model_name():
     x = np.full((1, 2, 2, 3), 255.0)
     assert float(zoo.preprocess_input(x, "efficientnet_lite0").max()) == pytest.approx(128 / 128)
     assert zoo.preprocess_input(x, "nin").shape == x.shape
+
+
+def test_architecture_options():
+    narrow = zoo.load("nin_root16", input_shape=(28, 28, 1), width=1 / 3)
+    assert narrow.get_layer("conv2a").kernel.shape[-1] == 64
+    assert zoo.load("resnet20_root8", input_shape=(28, 28, 1), width=0.5).count_params() < 100_000
+    with pytest.raises(ValueError, match=r"'resnet50' takes no architecture option\(s\) \['width'\]"):
+        zoo.load("resnet50", width=0.5)
