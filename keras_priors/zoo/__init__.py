@@ -8,6 +8,7 @@
 ['nin', 'nin_c3', ...]
 """
 
+from . import catalog  # noqa: F401  (registers every model and shipped weights)
 from .api import info, list_models, load
 from .registry import ModelSpec, PaperFigures, WeightsEntry, register
 from .weights import WeightsError

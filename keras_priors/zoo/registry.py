@@ -1,6 +1,7 @@
 """The model registry: architectures (`ModelSpec`) and their weights (`WeightsEntry`) apart.
 
-A family module registers its variants as data at import time:
+It imports nothing of the zoo; `catalog` imports the families, which register their
+variants as data at import time:
 
     register(ModelSpec("nin_root8", family="nin", builder=partial(build_nin, groups=(8, 4)),
                        input_shape=(32, 32, 3), classes=10, paper=PaperFigures(...)))
@@ -109,52 +110,17 @@ def add_weights(name, entry: WeightsEntry):
     spec.weights[entry.tag] = entry
 
 
-_MANIFESTS_READ = []
-
-
-def _ensure_loaded():
-    # Importing the families registers their models; shipped weights are data beside them.
-    from . import efficientnet_lite, nin, resnet, resnet_cifar, vgg  # noqa: F401
-
-    if not _MANIFESTS_READ:
-        _MANIFESTS_READ.append(True)
-        _read_manifests()
-
-
-def _read_manifests():
-    """Register the weights listed in keras_priors/zoo/weights/<tag>/manifest.json."""
-    import json
-    from pathlib import Path
-
-    for manifest in sorted((Path(__file__).parent / "weights").glob("*/manifest.json")):
-        tag = manifest.parent.name
-        for model, e in json.loads(manifest.read_text()).items():
-            recipe = e.get("recipe", {})
-            build = {k: recipe[k] for k in ("width",) if recipe.get(k) is not None}
-            add_weights(model, WeightsEntry(
-                tag=tag, source=f"package:{e['file']}", sha256=e["sha256"],
-                preprocessing=e.get("preprocessing", tag), classes=e.get("classes", 10),
-                input_shape=tuple(e.get("input_shape", (28, 28, 1))), loader="keras",
-                description=f"trained on {tag} here: {100 * e['accuracy']:.2f}% test accuracy "
-                            f"(see {e.get('card')})",
-                card=e.get("card"), build_kwargs=build,
-            ))
-
-
 def names(include_aliases=False):
-    _ensure_loaded()
     out = sorted(_REGISTRY)
     return out + sorted(_ALIASES) if include_aliases else out
 
 
 def aliases():
-    _ensure_loaded()
     return dict(_ALIASES)
 
 
 def get(name) -> ModelSpec:
     """The spec of `name` (aliases resolved); unknown names suggest the closest."""
-    _ensure_loaded()
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, received name={name!r}")
     key = _ALIASES.get(name, name)
