@@ -1,6 +1,7 @@
 """The papers' accuracy-vs-cost study on Fashion-MNIST (the only real labelled image set
 installable offline), and the weights it ships.
 
+    python scripts/fashion_mnist_study.py all     # the three steps below, in order
     python scripts/fashion_mnist_study.py train   # every model x seed into runs/study (resumable)
     python scripts/fashion_mnist_study.py report  # table, plots, covariance -> docs/study/
     python scripts/fashion_mnist_study.py ship    # seed-0 weights + cards -> the package
@@ -211,15 +212,15 @@ def _card(model, entry):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["train", "report", "ship"])
+    parser.add_argument("step", choices=["all", "train", "report", "ship"])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     args = parser.parse_args(argv)
-    if args.step == "train":
+    if args.step in ("all", "train"):
         train(args.models, args.seeds)
-    elif args.step == "report":
+    if args.step in ("all", "report"):
         report()
-    else:
+    if args.step in ("all", "ship"):
         ship()
     return 0
 

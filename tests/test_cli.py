@@ -73,3 +73,19 @@ def test_profile_saved_model(capsys, tmp_path):
 def test_bench_layers_quick(capsys):
     code, out, _ = run(capsys, "bench", "layers", "--quick")
     assert code == 0 and "| RootConv2D g=4" in out and "auto within 10% of best" in out
+
+
+def test_train_and_evaluate_commands(capsys, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    argv = ["train", "nin_root8", "--out", str(out), "--epochs", "1", "--width", "0.125",
+            "--batch-size", "64", "--limit-train", "256", "--limit-test", "128", "--quiet"]
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(stdout)["epochs"] == 1
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "already holds a run" in err
+    code, stdout, _ = run(capsys, *argv, "--resume")  # a finished run: reports again
+    assert code == 0 and json.loads(stdout)["accuracy"] >= 0
+    code, _, err = run(capsys, "evaluate", "nin_root8", "--weights", "nope")
+    assert code == 2 and "nor the path of an existing weights file" in err
