@@ -6,8 +6,17 @@ layouts (BraTS 2021 / 2023+, MSD, manifests) and BraTS regions.
 >>> images, label, ref = volumetric.load_case(cases[0])       # doctest: +SKIP
 """
 
-from .layouts import (LAYOUTS, MODALITIES, REGIONS, Case, detect, discover, from_regions,
-                      load_case, to_regions)
+from .layouts import (
+                      LAYOUTS,
+                      MODALITIES,
+                      REGIONS,
+                      Case,
+                      detect,
+                      discover,
+                      from_regions,
+                      load_case,
+                      to_regions,
+)
 from .nifti import NiftiError, Volume, check_same_grid, from_ras, read_volume, write_like
 
 __all__ = [
