@@ -136,7 +136,7 @@ def render(anatomy: Anatomy, labels, rng):
     }
     volumes = {"t1": tissue.copy(), "t1ce": t1ce, "t2": t2, "flair": flair}
     for tissue_name, mask in (("oedema", oedema), ("enhancing", enhancing), ("necrotic", necrotic)):
-        for (name, vol), target in zip(volumes.items(), contrast[tissue_name]):
+        for vol, target in zip(volumes.values(), contrast[tissue_name]):
             vol[mask] = 0.3 * vol[mask] + 0.7 * target * rng.uniform(0.9, 1.1)
     out = {}
     for name, vol in volumes.items():
