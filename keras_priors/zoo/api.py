@@ -84,12 +84,13 @@ def _build(spec, include_top, input_shape, classes, pooling, classifier_activati
 
 
 def load(name, weights=None, include_top=True, input_shape=None, classes=None, pooling=None,
-         classifier_activation="softmax", **options):
+         classifier_activation=None, **options):
     """Build a zoo model, optionally with weights (a tag such as "imagenet", or a path).
 
     Like keras.applications: `include_top=False` drops the classifier (then `pooling`
     None/"avg"/"max" applies), `classes` sizes the head, `input_shape` defaults to the
-    model's. `options` are the family's architecture options (`width=0.5` for nin and
+    model's, `classifier_activation` to the model's (softmax for classifiers, sigmoid for
+    the region outputs of the 3D U-Nets). `options` are the family's architecture options (`width=0.5` for nin and
     resnet_cifar). Weight files are always checked against their sha256 before loading.
 
     >>> import keras_priors
@@ -98,6 +99,7 @@ def load(name, weights=None, include_top=True, input_shape=None, classes=None, p
     (None, 10)
     """
     spec = registry.get(name)
+    classifier_activation = classifier_activation or spec.default_activation
     entry, path = _weights_choice(spec, weights)
     if entry is not None:
         if classes is not None and include_top and classes != entry.classes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import efficientnet_lite, nin, resnet, resnet_cifar, vgg  # noqa: F401  (they register)
+from . import efficientnet_lite, nin, resnet, resnet_cifar, unet3d, vgg  # noqa: F401  (register)
 from .registry import WeightsEntry, add_weights
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"

@@ -48,7 +48,7 @@ def _all_layers(model):
 
 def _figures(spec, paper):
     shape = paper.input_shape if paper is not None and paper.input_shape else spec.input_shape
-    model = spec.builder(True, shape, spec.classes, None, "softmax", spec.name)
+    model = spec.builder(True, shape, spec.classes, None, spec.default_activation, spec.name)
     prof = complexity.profile(model, verbose=False)
     out = {"input_shape": tuple(shape), "macs": prof.total_macs, "params": prof.total_params}
     if paper is not None:

@@ -93,6 +93,7 @@ class ModelSpec:
     weights: dict = field(default_factory=dict)
     weight_loader: Callable | None = None  # (model, path, entry) -> None, for loader != "keras"
     min_input: int = 32
+    default_activation: str = "softmax"  # of the output layer when load() is not told
 
 
 def register(spec: ModelSpec, aliases=()):

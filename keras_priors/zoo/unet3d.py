@@ -1,0 +1,118 @@
+"""3D U-Nets for volumetric segmentation with a selectable conv type: full kxkxk, low-rank
+(an axis-aligned kx1x1 || 1xkx1 || 1x1xk basis plus a 1x1x1 combination) or root (grouped
+kxkxk plus a 1x1x1 combination). One builder; the variants are data.
+
+Each level has two conv -> norm -> ReLU blocks; 2x max pooling down, nearest-neighbour
+upsampling and concatenation with the skip up; a 1x1x1 conv gives one output channel per
+class or region (sigmoid for BraTS regions WT/TC/ET, softmax for exclusive classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from ..layers import LowRankConv3D, RootConv3D
+from .registry import ModelSpec, register
+
+CONV_TYPES = ("full", "lowrank", "root")
+
+
+@dataclass(frozen=True)
+class UNet3DConfig:
+    conv: str = "full"
+    widths: tuple = (16, 32, 64, 128)
+    groups: int = 4  # root only
+    basis: str = "lr_join"  # lowrank only
+    norm: str = "batch"  # "batch" or "instance"
+
+
+def _conv(x, filters, cfg, name, first):
+    if cfg.conv == "full" or first:  # the first conv sees the raw modalities: keep it full
+        return keras.layers.Conv3D(filters, 3, padding="same", use_bias=False, name=name)(x)
+    if cfg.conv == "lowrank":
+        return LowRankConv3D(filters, 3, basis=cfg.basis, padding="same", use_bias=False,
+                             name=name)(x)
+    if cfg.conv == "root":
+        groups = cfg.groups if x.shape[-1] % cfg.groups == 0 and filters % cfg.groups == 0 else 1
+        return RootConv3D(filters, 3, groups=groups, combine=True, padding="same",
+                          use_bias=False, name=name)(x)
+    raise ValueError(f"conv must be one of {CONV_TYPES}, received conv={cfg.conv!r}")
+
+
+def _norm(x, cfg, name):
+    if cfg.norm == "batch":
+        return keras.layers.BatchNormalization(name=name)(x)
+    if cfg.norm == "instance":
+        return keras.layers.GroupNormalization(groups=-1, name=name)(x)
+    raise ValueError(f"norm must be 'batch' or 'instance', received norm={cfg.norm!r}")
+
+
+def _block(x, filters, cfg, name, first=False):
+    for i in (1, 2):
+        x = _conv(x, filters, cfg, f"{name}_conv{i}", first and i == 1)
+        x = keras.layers.ReLU(name=f"{name}_relu{i}")(_norm(x, cfg, f"{name}_norm{i}"))
+    return x
+
+
+def build_unet3d(cfg: UNet3DConfig = UNet3DConfig(), input_shape=(64, 64, 64, 4), classes=3,
+                 activation="sigmoid", name="unet3d", width=1.0):
+    """A 3D U-Net; spatial input sizes must be divisible by 2**(levels-1).
+
+    >>> build_unet3d(UNet3DConfig("lowrank", widths=(8, 16)), (16, 16, 16, 4)).output_shape
+    (None, 16, 16, 16, 3)
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (X, Y, Z, channels), received {input_shape!r}")
+    factor = 2 ** (len(cfg.widths) - 1)
+    for d in input_shape[:3]:
+        if d is not None and d % factor:
+            raise ValueError(
+                f"input_shape={tuple(input_shape)}: spatial sizes must be divisible by {factor} "
+                f"for {len(cfg.widths)} levels")
+    widths = [max(cfg.groups, int(round(w * width / cfg.groups)) * cfg.groups) for w in cfg.widths]
+    inputs = keras.Input(tuple(input_shape), name="input")
+    skips, x = [], inputs
+    for level, w in enumerate(widths):
+        if level:
+            x = keras.layers.MaxPooling3D(2, name=f"down{level}")(x)
+        x = _block(x, w, cfg, f"enc{level}", first=level == 0)
+        skips.append(x)
+    for level in range(len(widths) - 2, -1, -1):
+        x = keras.layers.UpSampling3D(2, name=f"up{level}")(x)
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _block(x, widths[level], cfg, f"dec{level}")
+    x = keras.layers.Conv3D(classes, 1, activation=activation, name="predictions",
+                            dtype="float32" if keras.mixed_precision.global_policy().name != "float32"
+                            else None)(x)
+    return keras.Model(inputs, x, name=name)
+
+
+VARIANTS = {
+    "unet3d": UNet3DConfig("full"),
+    "unet3d_lowrank": UNet3DConfig("lowrank"),
+    "unet3d_root": UNet3DConfig("root"),
+}
+
+
+def _builder(cfg):
+    def build(include_top, input_shape, classes, pooling, classifier_activation, name,
+              width=1.0, widths=None, norm=None):
+        if not include_top or pooling is not None:
+            raise ValueError("a U-Net has no classifier head to drop: use include_top=True")
+        c = UNet3DConfig(cfg.conv, tuple(widths) if widths else cfg.widths, cfg.groups,
+                         cfg.basis, norm or cfg.norm)
+        return build_unet3d(c, input_shape or (64, 64, 64, 4), classes, classifier_activation,
+                            name, width)
+    return build
+
+
+for _name, _cfg in VARIANTS.items():
+    register(ModelSpec(
+        _name, family="unet3d", builder=_builder(_cfg), input_shape=(64, 64, 64, 4), classes=3,
+        preprocessing="zscore", min_input=16, default_activation="sigmoid",
+        description=f"3D U-Net, widths {'/'.join(map(str, _cfg.widths))}, {_cfg.conv} convs"
+        + (" (axis-aligned basis + 1x1x1)" if _cfg.conv == "lowrank" else "")
+        + (f" ({_cfg.groups} groups + 1x1x1)" if _cfg.conv == "root" else ""),
+    ))
