@@ -7,6 +7,10 @@
     keras-priors train MODEL --data fashion_mnist --epochs N --batch-size B --out DIR
         [--resume] [--seed S] [--mixed-precision] [--optimizer sgd|adamw] ...
     keras-priors evaluate MODEL --weights TAG_OR_PATH --data fashion_mnist
+    keras-priors seg synth OUT_DIR [--cases N] [--seed S]
+    keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
+    keras-priors seg predict --model RUN_DIR --input CASE_OR_DIR --out DIR
+    keras-priors seg evaluate --pred DIR --data DIR
     keras-priors profile MODEL.keras
     keras-priors bench layers [--quick]
 """
@@ -168,6 +172,31 @@ def _evaluate(args):
     return 0
 
 
+def _seg(args):
+    from .volumetric import synthetic
+    from .volumetric import train as seg
+
+    if args.seg_command == "synth":
+        folders = synthetic.write_cases(args.out, n=args.cases, seed=args.seed,
+                                        downsample=args.downsample)
+        print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
+        return 0
+    if args.seg_command == "train":
+        fields = seg.SegConfig.__dataclass_fields__
+        cfg = seg.SegConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+        result = seg.fit_segmentation(cfg, args.out, resume=args.resume,
+                                      verbose=0 if args.quiet else "auto")
+        print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
+        return 0
+    if args.seg_command == "predict":
+        seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force)
+        return 0
+    result = seg.evaluate_predictions(args.pred, args.data, args.layout)
+    print(json.dumps(result if args.per_case else
+                     {k: v for k, v in result.items() if k != "per_case"}, indent=1))
+    return 0
+
+
 def _bench(args):
     if args.what == "layers":
         from .bench import layers
@@ -241,6 +270,45 @@ def build_parser():
     p.add_argument("--width", type=float, default=None)
     p.set_defaults(func=_evaluate)
 
+    seg = sub.add_parser("seg", help="3D segmentation on NIfTI volumes").add_subparsers(
+        dest="seg_command", required=True)
+    p = seg.add_parser("synth", help="write synthetic BraTS 2021 cases on real anatomy")
+    p.add_argument("out")
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--downsample", type=int, default=2, help="1 = 1 mm, 2 = 2 mm voxels")
+    p.set_defaults(func=_seg)
+    p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
+                                                         "brats2023", "msd", "manifest"])
+    p.add_argument("--model", default="unet3d_lowrank")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--patch", type=int, nargs=3, default=None)
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_seg)
+    p = seg.add_parser("predict", help="label maps for a case or a dataset")
+    p.add_argument("--model", required=True, help="a training output folder")
+    p.add_argument("--input", required=True, help="a case folder or a dataset folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--force", action="store_true", help="replace existing predictions")
+    p.set_defaults(func=_seg)
+    p = seg.add_parser("evaluate", help="Dice / HD95 of predictions against labels")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--per-case", action="store_true")
+    p.set_defaults(func=_seg)
+
     p = sub.add_parser("profile", help="params and MACs of a saved .keras model or zoo name")
     p.add_argument("model")
     p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C (zoo names)")
@@ -258,7 +326,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

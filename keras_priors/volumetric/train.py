@@ -1,0 +1,231 @@
+"""Segmentation training, prediction and evaluation on NIfTI datasets.
+
+    keras-priors seg train --data DIR --layout brats --model unet3d_lowrank --out runs/seg
+    keras-priors seg predict --model runs/seg --input CASE_OR_DIR --out preds/
+    keras-priors seg evaluate --pred preds/ --data DIR
+
+A run folder is laid out like a classification run (keras_priors.training): config.json,
+per-epoch checkpoints committed by state.json (with the RNG states), log.csv, and at the
+end weights.weights.h5 and result.json with per-region Dice / HD95 on held-out cases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .. import complexity, training, zoo
+from . import inference, metrics
+from .layouts import discover, from_regions, load_case
+from .losses import DiceCELoss
+from .nifti import read_volume, write_like
+from .pipeline import patch_dataset, prepare, targets, zscore
+
+
+@dataclass
+class SegConfig:
+    model: str = "unet3d_lowrank"
+    data: str = ""
+    layout: str = "auto"
+    patch: tuple = (64, 64, 64)
+    batch_size: int = 2
+    epochs: int = 10
+    steps_per_epoch: int | None = None  # default: 2 patches per training case
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    widths: tuple | None = None
+    width: float = 1.0
+    foreground: float = 0.5
+    rotate: float = 0.0
+    overlap: float = 0.5
+
+    def __post_init__(self):
+        self.patch = tuple(int(p) for p in self.patch)
+        if len(self.patch) != 3 or min(self.patch) <= 0:
+            raise ValueError(f"patch must be three positive sizes, received patch={self.patch!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), received {self.val_fraction!r}")
+        if self.widths is not None:
+            self.widths = tuple(int(w) for w in self.widths)
+
+
+def split_cases(cases, val_fraction, seed):
+    """A seeded train / held-out split by case."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = int(round(len(cases) * val_fraction)) if len(cases) > 1 else 0
+    if val_fraction > 0 and len(cases) > 1:
+        n_val = max(1, n_val)
+    val = sorted(order[:n_val].tolist())
+    return [cases[i] for i in range(len(cases)) if i not in val], [cases[i] for i in val]
+
+
+def build(cfg: SegConfig, channels, outputs, activation):
+    options = {"width": cfg.width} | ({"widths": cfg.widths} if cfg.widths else {})
+    return zoo.load(cfg.model, input_shape=(*cfg.patch, channels), classes=outputs,
+                    classifier_activation=activation, **options)
+
+
+def _compile(model, cfg, steps, mode):
+    total = max(cfg.epochs * steps, 1)
+    lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=0.01)
+    opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=opt, loss=DiceCELoss(mode=mode))
+
+
+def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_dir=None):
+    """Train on `cfg.data`, evaluate on held-out cases; returns the result dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = training._check_out(out, cfg, resume)
+    keras.utils.set_random_seed(cfg.seed)
+    cases = discover(cfg.data, cfg.layout)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    cache_dir = cache_dir or out / "cache"
+    prepared = [prepare(c, cache_dir) for c in train_cases]
+    channels, outputs = prepared[0][0].shape[-1], prepared[0][1].shape[-1]
+    regions = train_cases[0].regions
+    mode, activation = ("sigmoid", "sigmoid") if regions or outputs == 1 else ("softmax", "softmax")
+    if mode == "softmax":
+        raise ValueError("multi-class label maps without regions are not supported yet; "
+                         "give region definitions (BraTS layouts) or binary labels")
+    steps = cfg.steps_per_epoch or max(1, 2 * len(prepared) // cfg.batch_size)
+    model = build(cfg, channels, outputs, activation)
+    _compile(model, cfg, steps, mode)
+    if state is None:
+        state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
+        training.write_json_atomic(out / "config.json", asdict(cfg))
+        training.write_json_atomic(out / "state.json", state)
+        training.write_json_atomic(out / "split.json", {
+            "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
+            "regions": list(regions) if regions else None, "layout": cases[0].layout,
+            "channels": int(channels), "outputs": int(outputs)})
+    else:
+        training.restore_checkpoint(model, training.checkpoint_path(out, state), state.get("rng"))
+    keeper = training.RunKeeper(out, state)
+    if state["epoch"] < cfg.epochs:
+        data = patch_dataset(prepared, cfg.patch, cfg.batch_size, cfg.seed, state["epoch"],
+                             cfg.epochs, per_case=max(1, steps * cfg.batch_size // len(prepared)),
+                             foreground=cfg.foreground, rotate=cfg.rotate)
+        model.fit(data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+                  verbose=verbose, callbacks=[keeper, keras.callbacks.CSVLogger(
+                      out / "log.csv", append=True)])
+    if keeper.bad_loss is not None:
+        state["status"] = "stopped: non-finite loss"
+        training.write_json_atomic(out / "state.json", state)
+        raise FloatingPointError(f"loss became non-finite at epoch {keeper.bad_loss['epoch']}; "
+                                 f"the last good checkpoint is kept")
+    tmp = out / ".weights.tmp.weights.h5"
+    model.save_weights(tmp)
+    tmp.replace(out / "weights.weights.h5")
+    scores = evaluate_cases(model_for_inference(out), val_cases, cfg, cache_dir)
+    prof = complexity.profile(model, verbose=False)
+    result = {"model": cfg.model, "epochs": state["epoch"],
+              "train_seconds": round(state["train_seconds"], 2), "macs_per_patch": prof.total_macs,
+              "params": prof.total_params, "val_cases": [c.case_id for c in val_cases], **scores}
+    state["status"] = "completed"
+    training.write_json_atomic(out / "state.json", state)
+    training.write_json_atomic(out / "result.json", result)
+    return result
+
+
+def model_for_inference(run_dir):
+    """The trained model of a run folder (its config, split and final weights)."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "split.json", "weights.weights.h5"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir} is not a finished segmentation run: no {name}")
+    cfg = SegConfig(**json.loads((run_dir / "config.json").read_text()))
+    split = json.loads((run_dir / "split.json").read_text())
+    model = build(cfg, split["channels"], split["outputs"], "sigmoid")
+    model.load_weights(run_dir / "weights.weights.h5")
+    model.seg_config, model.seg_split = cfg, split
+    return model
+
+
+def predict_case(model, case, patch, overlap=0.5, batch_size=2):
+    """(label map in RAS+, region probabilities, reference Volume) of one case."""
+    images, _, ref = load_case(case)
+    probs = inference.sliding_window(zscore(images), model, patch, overlap, batch_size)
+    if case.regions:
+        labels = from_regions(probs > 0.5, case.regions, _region_layout(case))
+    else:
+        labels = (probs[..., 0] > 0.5).astype(np.uint8)
+    return labels, probs, ref
+
+
+def _region_layout(case):
+    return "msd_brats" if case.layout == "msd" else case.layout
+
+
+def evaluate_cases(model, cases, cfg, cache_dir=None):
+    """Mean and per-case Dice / HD95 per region on `cases` (sliding window)."""
+    if not cases:
+        return {"dice": {}, "hd95": {}, "per_case": {}}
+    per_case = {}
+    for case in cases:
+        _, label, ref = load_case(case)
+        labels, probs, _ = predict_case(model, case, cfg.patch, cfg.overlap)
+        truth = targets(case, label)
+        names = list(case.regions) if case.regions else ["foreground"]
+        per_case[case.case_id] = metrics.region_scores(probs > 0.5, truth.astype(bool), names,
+                                                       ref.zooms)
+    names = next(iter(per_case.values())).keys()
+    mean = {m: {n: float(np.mean([s[n][m] for s in per_case.values()])) for n in names}
+            for m in ("dice", "hd95")}
+    return {**mean, "per_case": per_case}
+
+
+def predict(model_dir, inputs, out_dir, layout="auto", overwrite=False, progress=print):
+    """Write `<case>_seg.nii.gz` for every case of `inputs` (a case folder or a dataset)."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = model_for_inference(model_dir)
+    cfg = model.seg_config
+    inputs = Path(inputs)
+    cases = discover(inputs if not _is_case_folder(inputs) else inputs.parent, layout,
+                     require_label=False)
+    if _is_case_folder(inputs):
+        cases = [c for c in cases if c.case_id == inputs.name]
+    written = []
+    for case in cases:
+        t0 = time.perf_counter()
+        labels, _, ref = predict_case(model, case, cfg.patch, cfg.overlap)
+        path = write_like(ref, labels, out_dir / f"{case.case_id}_seg.nii.gz", overwrite=overwrite)
+        written.append(path)
+        if progress:
+            progress(f"{case.case_id}: {path} ({time.perf_counter() - t0:.1f} s)")
+    return written
+
+
+def _is_case_folder(path):
+    """A folder holding one case's NIfTI files (rather than a dataset of case folders)."""
+    return path.is_dir() and any(p.name.endswith((".nii", ".nii.gz")) for p in path.iterdir())
+
+
+def evaluate_predictions(pred_dir, data, layout="auto"):
+    """Dice / HD95 of `<case>_seg.nii.gz` files in `pred_dir` against a labelled dataset."""
+    pred_dir = Path(pred_dir)
+    per_case = {}
+    for case in discover(data, layout):
+        pred_path = pred_dir / f"{case.case_id}_seg.nii.gz"
+        if not pred_path.exists():
+            continue
+        _, label, ref = load_case(case)
+        pred = np.rint(read_volume(pred_path).data).astype(np.int32)
+        names = list(case.regions) if case.regions else ["foreground"]
+        p, t = targets(case, pred), targets(case, label)
+        per_case[case.case_id] = metrics.region_scores(p.astype(bool), t.astype(bool), names,
+                                                       ref.zooms)
+    if not per_case:
+        raise ValueError(f"no <case>_seg.nii.gz predictions in {pred_dir} match cases of {data}")
+    names = next(iter(per_case.values())).keys()
+    mean = {m: {n: float(np.mean([s[n][m] for s in per_case.values()])) for n in names}
+            for m in ("dice", "hd95")}
+    return {**mean, "cases": len(per_case), "per_case": per_case}
