@@ -9,6 +9,9 @@
 3. EfficientNet-Lite0 with its real ImageNet weights classifies scikit-image's photos.
 4. A short real training run on Fashion-MNIST, then the shipped Fashion-MNIST weights of
    nin and nin_root8 evaluated on the full test set.
+5. Volumetric: synthetic BraTS cases painted on real brains (Colin27, MNI152) written as
+   NIfTI, a low-rank 3D U-Net trained for a few steps, sliding-window prediction written
+   back in each scan's orientation, Dice per region.
 """
 
 import os
@@ -84,8 +87,33 @@ def training_demo():
               f"test images, {r['macs'] / 1e6:.1f} MMACs, {r['params']:,} params")
 
 
+def volumetric_demo():
+    import tempfile
+    from pathlib import Path
+
+    from keras_priors.volumetric import synthetic
+    from keras_priors.volumetric import train as seg
+
+    print("\n== 5. 3D segmentation on NIfTI: synthetic lesions on real anatomy (not clinical)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "synthetic_brats"
+        synthetic.write_cases(data, n=6, seed=0, downsample=3)
+        cfg = seg.SegConfig(model="unet3d_lowrank", data=str(data), patch=(32, 32, 32),
+                            widths=(8, 16, 32), epochs=4, steps_per_epoch=6, batch_size=2,
+                            learning_rate=3e-3, val_fraction=0.34)
+        result = seg.fit_segmentation(cfg, Path(tmp) / "run", verbose=0)
+        written = seg.predict(Path(tmp) / "run", data, Path(tmp) / "pred", progress=None)
+        scores = seg.evaluate_predictions(Path(tmp) / "pred", data)
+    dice = ", ".join(f"{k} {v:.2f}" for k, v in result["dice"].items())
+    print(f"   unet3d_lowrank, {result['epochs']} short epochs ({result['train_seconds']:.0f} s): "
+          f"held-out Dice {dice}")
+    print(f"   wrote {len(written)} label maps; Dice over all cases: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in scores["dice"].items()))
+
+
 if __name__ == "__main__":
     layers_demo()
     zoo_demo()
     classify_demo()
     training_demo()
+    volumetric_demo()
