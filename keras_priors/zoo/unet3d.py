@@ -25,7 +25,7 @@ class UNet3DConfig:
     widths: tuple = (16, 32, 64, 128)
     groups: int = 4  # root only
     basis: str = "lr_join"  # lowrank only
-    norm: str = "batch"  # "batch" or "instance"
+    norm: str = "instance"  # "instance" (no batch statistics: right for batches of 1-2) or "batch"
 
 
 def _conv(x, filters, cfg, name, first):
