@@ -49,9 +49,11 @@ def family(model):
 
 def recipe(model):
     return {**RECIPE, "width": WIDTHS[family(model)]}
-COVARIANCE = {"nin": ("conv2c_relu", "conv3a"), "nin_root8": ("conv2c_relu", "conv3a"),
-              "nin_root16": ("conv2c_relu", "conv3a"), "nin_root4": ("conv2c_relu", "conv3a"),
-              "nin_root2": ("conv2c_relu", "conv3a")}
+# (layer feeding a root layer, the root layer) per model; baselines use the same pair
+COVARIANCE = {
+    **{m: ("conv2c_relu", "conv3a") for m in FAMILIES["nin"][:5]},
+    **{m: ("stage2_block1_out", "stage2_block2_conv1") for m in FAMILIES["resnet20"]},
+}
 
 
 def run_dir(model, seed):
@@ -124,9 +126,9 @@ def report():
 
 
 def covariance():
-    """Block-diagonality of conv2c -> conv3a correlations, seed 0, on test images, with the
-    group structure of nin_root8's conv3a (4 groups) for every model, and each root
-    model's own groups."""
+    """Block-diagonality of the correlations between a root layer's input and its output
+    (NiN: conv2c -> conv3a; ResNet-20: stage-2 block 1 out -> block 2's first conv), seed 0,
+    on test images, with 4 blocks for every model and with each root model's own groups."""
     import keras
 
     from keras_priors import analysis, data
@@ -145,7 +147,7 @@ def covariance():
         own = getattr(model.get_layer(b), "groups", 1)
         res4 = analysis.filter_covariance(model, a, b, batches, groups=4, max_batches=8,
                                           png=DOCS / f"covariance_{model_name}.png")
-        out[model_name] = {"groups_of_conv3a": own, "score_4_blocks": res4.score}
+        out[model_name] = {"root_layer_groups": own, "score_4_blocks": res4.score}
         if own > 1:
             out[model_name]["score_own_groups"] = analysis.block_diagonality(res4.corr, own)
     return out
