@@ -115,6 +115,7 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
                              cfg.epochs, per_case=max(1, steps * cfg.batch_size // len(prepared)),
                              foreground=cfg.foreground, rotate=cfg.rotate)
         model.fit(data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+                  shuffle=False,
                   verbose=verbose, callbacks=[keeper, keras.callbacks.CSVLogger(
                       out / "log.csv", append=True)])
     if keeper.bad_loss is not None:
