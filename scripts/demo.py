@@ -106,7 +106,7 @@ def volumetric_demo():
         scores = seg.evaluate_predictions(Path(tmp) / "pred", data)
     dice = ", ".join(f"{k} {v:.2f}" for k, v in result["dice"].items())
     print(f"   unet3d_lowrank, {result['epochs']} short epochs ({result['train_seconds']:.0f} s, "
-          f"a few minutes of CPU is far from converged): held-out Dice {dice}")
+          f"a short run, far from converged): held-out Dice {dice}")
     print(f"   wrote {len(written)} label maps; Dice over all cases: "
           + ", ".join(f"{k} {v:.2f}" for k, v in scores["dice"].items()))
 
