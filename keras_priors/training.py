@@ -110,6 +110,18 @@ def save_model_atomic(model, path):
             os.remove(tmp)
 
 
+def save_weights_atomic(model, path):
+    """`model.save_weights` through a temporary file in the same folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.weights.h5")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -241,7 +253,9 @@ class RunKeeper(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------------ fit
-def _check_out(out: Path, cfg: TrainConfig, resume: bool):
+def check_run_folder(out: Path, cfg, resume: bool):
+    """The saved state to resume from (None for a fresh start); refuses to overwrite a run
+    or to resume one with a different configuration."""
     existing = [f for f in FILES if (out / f).exists()] + sorted(
         p.name for p in out.glob("checkpoint-epoch*.keras"))
     if resume:
@@ -281,7 +295,7 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = _check_out(out, cfg, resume)
+    state = check_run_folder(out, cfg, resume)
     keras.utils.set_random_seed(cfg.seed)
     if keras.backend.backend() == "tensorflow":  # same seed, same numbers, also on resume
         import tensorflow as tf
@@ -325,9 +339,7 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
         result = report(model, data, cfg.model, extra={
             "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
             "seed": cfg.seed, "data": cfg.data, "config": asdict(cfg)})
-        tmp = out / ".weights.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, out / "weights.weights.h5")
+        save_weights_atomic(model, out / "weights.weights.h5")
         state["status"] = "completed"
         write_json_atomic(out / "state.json", state)
         write_json_atomic(out / "result.json", result)

@@ -48,3 +48,10 @@ def region_scores(pred_masks, true_masks, names, spacing=(1.0, 1.0, 1.0)):
                "hd95": hd95(pred_masks[..., i], true_masks[..., i], spacing)}
         for i, name in enumerate(names)
     }
+
+
+def mean_scores(per_case):
+    """{"dice": {region: mean}, "hd95": {region: mean}} over a {case: region_scores} dict."""
+    names = next(iter(per_case.values())).keys()
+    return {m: {n: float(np.mean([s[n][m] for s in per_case.values()])) for n in names}
+            for m in ("dice", "hd95")}

@@ -84,7 +84,7 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
     """Train on `cfg.data`, evaluate on held-out cases; returns the result dict."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = training._check_out(out, cfg, resume)
+    state = training.check_run_folder(out, cfg, resume)
     keras.utils.set_random_seed(cfg.seed)
     cases = discover(cfg.data, cfg.layout)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
@@ -123,10 +123,8 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
         training.write_json_atomic(out / "state.json", state)
         raise FloatingPointError(f"loss became non-finite at epoch {keeper.bad_loss['epoch']}; "
                                  f"the last good checkpoint is kept")
-    tmp = out / ".weights.tmp.weights.h5"
-    model.save_weights(tmp)
-    tmp.replace(out / "weights.weights.h5")
-    scores = evaluate_cases(model_for_inference(out), val_cases, cfg, cache_dir)
+    training.save_weights_atomic(model, out / "weights.weights.h5")
+    scores = evaluate_cases(model_for_inference(out), val_cases, cfg)
     prof = complexity.profile(model, verbose=False)
     result = {"model": cfg.model, "epochs": state["epoch"],
               "train_seconds": round(state["train_seconds"], 2), "macs_per_patch": prof.total_macs,
@@ -152,36 +150,36 @@ def model_for_inference(run_dir):
 
 
 def predict_case(model, case, patch, overlap=0.5, batch_size=2):
-    """(label map in RAS+, region probabilities, reference Volume) of one case."""
-    images, _, ref = load_case(case)
+    """(label map in RAS+, region probabilities, reference Volume, reference label or None)
+    of one case; the case's files are read once."""
+    images, label, ref = load_case(case)
     probs = inference.sliding_window(zscore(images), model, patch, overlap, batch_size)
     if case.regions:
         labels = from_regions(probs > 0.5, case.regions, _region_layout(case))
     else:
         labels = (probs[..., 0] > 0.5).astype(np.uint8)
-    return labels, probs, ref
+    return labels, probs, ref, label
 
 
 def _region_layout(case):
     return "msd_brats" if case.layout == "msd" else case.layout
 
 
-def evaluate_cases(model, cases, cfg, cache_dir=None):
+def _region_names(case):
+    return list(case.regions) if case.regions else ["foreground"]
+
+
+def evaluate_cases(model, cases, cfg):
     """Mean and per-case Dice / HD95 per region on `cases` (sliding window)."""
     if not cases:
         return {"dice": {}, "hd95": {}, "per_case": {}}
     per_case = {}
     for case in cases:
-        _, label, ref = load_case(case)
-        labels, probs, _ = predict_case(model, case, cfg.patch, cfg.overlap)
+        _, probs, ref, label = predict_case(model, case, cfg.patch, cfg.overlap)
         truth = targets(case, label)
-        names = list(case.regions) if case.regions else ["foreground"]
-        per_case[case.case_id] = metrics.region_scores(probs > 0.5, truth.astype(bool), names,
-                                                       ref.zooms)
-    names = next(iter(per_case.values())).keys()
-    mean = {m: {n: float(np.mean([s[n][m] for s in per_case.values()])) for n in names}
-            for m in ("dice", "hd95")}
-    return {**mean, "per_case": per_case}
+        per_case[case.case_id] = metrics.region_scores(probs > 0.5, truth.astype(bool),
+                                                       _region_names(case), ref.zooms)
+    return {**metrics.mean_scores(per_case), "per_case": per_case}
 
 
 def predict(model_dir, inputs, out_dir, layout="auto", overwrite=False, progress=print):
@@ -197,7 +195,7 @@ def predict(model_dir, inputs, out_dir, layout="auto", overwrite=False, progress
     written = []
     for case in cases:
         t0 = time.perf_counter()
-        labels, _, ref = predict_case(model, case, cfg.patch, cfg.overlap)
+        labels, _, ref, _ = predict_case(model, case, cfg.patch, cfg.overlap)
         path = write_like(ref, labels, out_dir / f"{case.case_id}_seg.nii.gz", overwrite=overwrite)
         written.append(path)
         if progress:
@@ -220,13 +218,9 @@ def evaluate_predictions(pred_dir, data, layout="auto"):
             continue
         _, label, ref = load_case(case)
         pred = np.rint(read_volume(pred_path).data).astype(np.int32)
-        names = list(case.regions) if case.regions else ["foreground"]
         p, t = targets(case, pred), targets(case, label)
-        per_case[case.case_id] = metrics.region_scores(p.astype(bool), t.astype(bool), names,
-                                                       ref.zooms)
+        per_case[case.case_id] = metrics.region_scores(p.astype(bool), t.astype(bool),
+                                                       _region_names(case), ref.zooms)
     if not per_case:
         raise ValueError(f"no <case>_seg.nii.gz predictions in {pred_dir} match cases of {data}")
-    names = next(iter(per_case.values())).keys()
-    mean = {m: {n: float(np.mean([s[n][m] for s in per_case.values()])) for n in names}
-            for m in ("dice", "hd95")}
-    return {**mean, "cases": len(per_case), "per_case": per_case}
+    return {**metrics.mean_scores(per_case), "cases": len(per_case), "per_case": per_case}

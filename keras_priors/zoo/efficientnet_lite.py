@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from . import torch_pickle
+from .common import classifier, make_input
 from .registry import ModelSpec, PaperFigures, WeightsEntry, register
 
 __all__ = ["BLOCKS", "VARIANTS", "build_efficientnet_lite", "load_torch_weights", "round_filters",
@@ -131,17 +132,9 @@ def build_efficientnet_lite(width_coefficient=1.0, depth_coefficient=1.0, includ
     >>> model.output_shape
     (None, 1280)
     """
-    shape = (224, 224, 3) if input_shape is None else tuple(input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), received {shape!r}")
-    if any(d is not None and d < 32 for d in shape[:2]):
-        raise ValueError(f"input_shape={shape!r} is too small: height and width must be >= 32")
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', received pooling={pooling!r}")
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"classes must be a positive integer, received classes={classes!r}")
-
-    inputs = keras.Input(shape, name="input")
+    inputs = make_input(input_shape, (224, 224, 3), 32)
     x = keras.layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
                             name="stem_conv")(inputs)
     x = keras.layers.BatchNormalization(epsilon=1e-3, name="stem_bn")(x)
@@ -156,10 +149,8 @@ def build_efficientnet_lite(width_coefficient=1.0, depth_coefficient=1.0, includ
         if dropout:
             x = keras.layers.Dropout(dropout, name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = classifier(x, False, classes, pooling, classifier_activation)
     return keras.Model(inputs, x, name=name)
 
 

@@ -17,7 +17,7 @@ import math
 
 import keras
 
-from .common import conv2d, make_input
+from .common import classifier, conv2d, make_input
 from .registry import ModelSpec, PaperFigures, register
 
 # (name, kernel, filters); filters None = the number of classes
@@ -76,12 +76,8 @@ def build_nin(overrides=None, width=1.0, include_top=True, input_shape=None, cla
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Activation(classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    elif pooling is not None:
-        raise ValueError(f"pooling must be None, 'avg' or 'max', received pooling={pooling!r}")
+    else:
+        x = classifier(x, False, classes, pooling, classifier_activation)
     return keras.Model(inputs, x, name=name)
 
 

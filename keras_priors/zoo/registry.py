@@ -10,6 +10,7 @@ variants as data at import time:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,8 +49,6 @@ class PaperFigures:
     @property
     def label(self):
         """Short citation: 'Ioannou et al. CVPR 2017'."""
-        import re
-
         venue = re.search(r"\b([A-Z][A-Za-z]+ \d{4})\b", self.reference)
         return self.reference.split(",")[0] + (f" {venue.group(1)}" if venue else "")
 
