@@ -9,7 +9,7 @@
     keras-priors evaluate MODEL --weights TAG_OR_PATH --data fashion_mnist
     keras-priors seg synth OUT_DIR [--cases N] [--seed S]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
-    keras-priors seg predict --model RUN_DIR --input CASE_OR_DIR --out DIR
+    keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors profile MODEL.keras
     keras-priors bench layers [--quick]
@@ -189,7 +189,8 @@ def _seg(args):
         print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
         return 0
     if args.seg_command == "predict":
-        seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force)
+        seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force,
+                    weights=args.weights)
         return 0
     result = seg.evaluate_predictions(args.pred, args.data, args.layout)
     print(json.dumps(result if args.per_case else
@@ -296,7 +297,10 @@ def build_parser():
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_seg)
     p = seg.add_parser("predict", help="label maps for a case or a dataset")
-    p.add_argument("--model", required=True, help="a training output folder")
+    p.add_argument("--model", required=True,
+                   help="a training output folder, or a zoo model name with --weights")
+    p.add_argument("--weights", default=None,
+                   help="weights tag of a zoo model, e.g. synthetic_brats")
     p.add_argument("--input", required=True, help="a case folder or a dataset folder")
     p.add_argument("--out", required=True)
     p.add_argument("--layout", default="auto")

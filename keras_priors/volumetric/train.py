@@ -106,7 +106,9 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
         training.write_json_atomic(out / "split.json", {
             "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
             "regions": list(regions) if regions else None, "layout": cases[0].layout,
-            "channels": int(channels), "outputs": int(outputs)})
+            "channels": int(channels), "outputs": int(outputs),
+            "modalities": list(train_cases[0].modalities),
+            "spacing": list(load_case(train_cases[0])[2].zooms)})
     else:
         training.restore_checkpoint(model, training.checkpoint_path(out, state), state.get("rng"))
     keeper = training.RunKeeper(out, state)
@@ -124,7 +126,7 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
         raise FloatingPointError(f"loss became non-finite at epoch {keeper.bad_loss['epoch']}; "
                                  f"the last good checkpoint is kept")
     training.save_weights_atomic(model, out / "weights.weights.h5")
-    scores = evaluate_cases(model_for_inference(out), val_cases, cfg)
+    scores = evaluate_cases(model_for_inference(out), val_cases)
     prof = complexity.profile(model, verbose=False)
     result = {"model": cfg.model, "epochs": state["epoch"],
               "train_seconds": round(state["train_seconds"], 2), "macs_per_patch": prof.total_macs,
@@ -135,9 +137,20 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
     return result
 
 
-def model_for_inference(run_dir):
-    """The trained model of a run folder (its config, split and final weights)."""
-    run_dir = Path(run_dir)
+def model_for_inference(source, weights=None):
+    """A trained segmentation model: a finished run folder, or a zoo model name with a
+    weights tag (`model_for_inference("unet3d_lowrank", "synthetic_brats")`).
+
+    The model carries `seg_config` (patch, overlap) and `seg_split` (regions, modalities,
+    voxel spacing it was trained at) for `predict_case`.
+    """
+    if weights is not None:
+        return _zoo_model(str(source), weights)
+    run_dir = Path(source)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"model {str(source)!r} is not a run folder; give a segmentation run folder, or a zoo "
+            f"model name with weights (e.g. --model unet3d_lowrank --weights synthetic_brats)")
     for name in ("config.json", "split.json", "weights.weights.h5"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished segmentation run: no {name}")
@@ -149,11 +162,64 @@ def model_for_inference(run_dir):
     return model
 
 
-def predict_case(model, case, patch, overlap=0.5, batch_size=2):
+def _zoo_model(name, tag):
+    spec = zoo.registry.get(name)
+    seg_tags = sorted(t for t, e in spec.weights.items() if e.extra.get("regions") is not None)
+    if tag not in seg_tags:
+        raise ValueError(f"{spec.name!r} has no segmentation weights {tag!r}; "
+                         f"available: {seg_tags or 'none'}")
+    entry = spec.weights[tag]
+    model = zoo.load(spec.name, weights=tag)
+    cfg = SegConfig(model=spec.name, patch=entry.input_shape[:3],
+                    widths=entry.build_kwargs.get("widths"),
+                    overlap=entry.extra.get("overlap", 0.5))
+    model.seg_config = cfg
+    model.seg_split = {**entry.extra, "channels": entry.input_shape[-1], "outputs": entry.classes}
+    return model
+
+
+# BraTS 2023 names of the BraTS 2021 modalities
+SAME_MODALITY = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
+
+
+def channel_order(case, modalities):
+    """Indices that put a case's channels in the order a model was trained with."""
+    have = [SAME_MODALITY.get(m, m) for m in case.modalities]
+    want = [SAME_MODALITY.get(m, m) for m in modalities]
+    if sorted(have) != sorted(want):
+        raise ValueError(f"case {case.case_id} has modalities {list(case.modalities)}, but the "
+                         f"model was trained on {list(modalities)}")
+    return [have.index(m) for m in want]
+
+
+def _resample(array, shape, order):
+    from scipy import ndimage
+
+    factors = [t / s for t, s in zip(shape, array.shape[:3])] + [1] * (array.ndim - 3)
+    return ndimage.zoom(array, factors, order=order, grid_mode=True, mode="nearest")
+
+
+def predict_case(model, case, batch_size=2):
     """(label map in RAS+, region probabilities, reference Volume, reference label or None)
-    of one case; the case's files are read once."""
+    of one case; the case's files are read once.
+
+    Channels are put in the model's modality order; a case whose voxel size differs from the
+    model's training spacing by more than 5% is resampled to it and the probabilities are
+    resampled back onto the case's own grid.
+    """
+    cfg, split = model.seg_config, getattr(model, "seg_split", {})
     images, label, ref = load_case(case)
-    probs = inference.sliding_window(zscore(images), model, patch, overlap, batch_size)
+    x = zscore(images)
+    if split.get("modalities"):
+        x = x[..., channel_order(case, split["modalities"])]
+    spacing = split.get("spacing")
+    resample = spacing is not None and not np.allclose(ref.zooms, spacing, rtol=0.05)
+    if resample:
+        shape = [max(1, round(n * z / s)) for n, z, s in zip(x.shape[:3], ref.zooms, spacing)]
+        x = _resample(x, shape, order=1)
+    probs = inference.sliding_window(x, model, cfg.patch, cfg.overlap, batch_size)
+    if resample:
+        probs = _resample(probs, ref.ras_shape, order=1)
     if case.regions:
         labels = from_regions(probs > 0.5, case.regions, _region_layout(case))
     else:
@@ -169,24 +235,27 @@ def _region_names(case):
     return list(case.regions) if case.regions else ["foreground"]
 
 
-def evaluate_cases(model, cases, cfg):
+def evaluate_cases(model, cases):
     """Mean and per-case Dice / HD95 per region on `cases` (sliding window)."""
     if not cases:
         return {"dice": {}, "hd95": {}, "per_case": {}}
     per_case = {}
     for case in cases:
-        _, probs, ref, label = predict_case(model, case, cfg.patch, cfg.overlap)
+        _, probs, ref, label = predict_case(model, case)
         truth = targets(case, label)
         per_case[case.case_id] = metrics.region_scores(probs > 0.5, truth.astype(bool),
                                                        _region_names(case), ref.zooms)
     return {**metrics.mean_scores(per_case), "per_case": per_case}
 
 
-def predict(model_dir, inputs, out_dir, layout="auto", overwrite=False, progress=print):
-    """Write `<case>_seg.nii.gz` for every case of `inputs` (a case folder or a dataset)."""
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model = model_for_inference(model_dir)
-    cfg = model.seg_config
+def predict(model, inputs, out_dir, layout="auto", overwrite=False, progress=print,
+            weights=None):
+    """Write `<case>_seg.nii.gz` for every case of `inputs` (a case folder or a dataset).
+
+    `model` is a run folder, or a zoo model name together with a `weights` tag.
+    """
+    out_dir = Path(out_dir)
+    model = model_for_inference(model, weights)
     inputs = Path(inputs)
     cases = discover(inputs if not _is_case_folder(inputs) else inputs.parent, layout,
                      require_label=False)
@@ -195,7 +264,7 @@ def predict(model_dir, inputs, out_dir, layout="auto", overwrite=False, progress
     written = []
     for case in cases:
         t0 = time.perf_counter()
-        labels, _, ref, _ = predict_case(model, case, cfg.patch, cfg.overlap)
+        labels, _, ref, _ = predict_case(model, case)
         path = write_like(ref, labels, out_dir / f"{case.case_id}_seg.nii.gz", overwrite=overwrite)
         written.append(path)
         if progress:

@@ -74,6 +74,7 @@ class WeightsEntry:
     description: str = ""
     card: str | None = None
     build_kwargs: dict = field(default_factory=dict)  # architecture options, e.g. width=0.25
+    extra: dict = field(default_factory=dict)  # e.g. a segmentation model's regions, spacing
 
 
 @dataclass(frozen=True)

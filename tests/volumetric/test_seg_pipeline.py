@@ -83,3 +83,79 @@ def test_resume_continues_a_run(dataset, tmp_path):
         seg.fit_segmentation(cfg, tmp_path / "whole", verbose=0)
     again = seg.fit_segmentation(cfg, tmp_path / "whole", resume=True, verbose=0)
     assert again["dice"] == whole["dice"]
+
+
+def _run_weights(run):
+    model = seg.model_for_inference(run)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_killed_seg_run_resumes_to_the_same_weights(dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def argv(out, resume=False):
+        return [sys.executable, "-m", "keras_priors.cli", "seg", "train", "--data", str(dataset),
+                "--layout", "brats", "--out", str(out), *ARGS[:-1], "--epochs", "3",
+                "--quiet"] + (["--resume"] if resume else [])
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(argv(whole), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = killed / "state.json"
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= json.loads((killed / "state.json").read_text())["epoch"] < 3
+    assert not (killed / "result.json").exists()
+    done = subprocess.run(argv(killed, resume=True), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for a, b in zip(_run_weights(whole), _run_weights(killed)):
+        np.testing.assert_array_equal(a, b)  # same patches, optimizer state and schedule
+    assert (json.loads((whole / "result.json").read_text())["dice"]
+            == json.loads((killed / "result.json").read_text())["dice"])
+
+
+def test_predict_resamples_to_the_training_spacing(dataset, tmp_path):
+    cfg = seg.SegConfig(data=str(dataset), patch=(16, 16, 16), widths=(8, 16), epochs=1,
+                        steps_per_epoch=1, val_fraction=0.34)
+    seg.fit_segmentation(cfg, tmp_path / "run", verbose=0)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["spacing"] == [4.0, 4.0, 4.0]
+    assert split["modalities"] == ["flair", "t1", "t1ce", "t2"]
+    fine = tmp_path / "fine"
+    synthetic.write_cases(fine, n=1, seed=5, downsample=3, anatomies=("colin27",))
+    written = seg.predict(tmp_path / "run", fine, tmp_path / "pred", progress=None)
+    src = nib.load(next((fine / "BraTS2021_00000").glob("*_flair.nii.gz")))
+    out = nib.load(written[0])
+    assert out.shape == src.shape  # predicted at 4 mm, written on the 3 mm grid of the input
+    np.testing.assert_allclose(out.affine, src.affine)
+
+
+def test_brats2023_channels_follow_the_training_order():
+    from keras_priors.volumetric.layouts import Case
+
+    case = Case("BraTS-GLI-00000-000", {m: f"{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f")})
+    assert seg.channel_order(case, ["flair", "t1", "t1ce", "t2"]) == [3, 0, 1, 2]
+    with pytest.raises(ValueError, match=r"case x has modalities \['t1'\], but the model was "
+                                         r"trained on \['flair', 't1'\]"):
+        seg.channel_order(Case("x", {"t1": "a"}), ["flair", "t1"])
+
+
+def test_unknown_segmentation_weights_tag():
+    with pytest.raises(ValueError, match="'unet3d_lowrank' has no segmentation weights 'nope'"):
+        seg.model_for_inference("unet3d_lowrank", "nope")
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        seg.model_for_inference("unet3d_lowrank")
