@@ -11,8 +11,9 @@
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
     keras-priors seg evaluate --pred DIR --data DIR
+    keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench layers [--quick]
+    keras-priors bench [models|layers] [--size full|quick|smoke] [--json F] [--compare F]
 """
 
 from __future__ import annotations
@@ -203,7 +204,13 @@ def _bench(args):
         from .bench import layers
 
         return layers.main(["--quick"] if args.quick else [])
-    return 2
+    from .bench import models
+
+    argv = ["--size", "smoke" if args.quick else args.size]
+    argv += [f"--{k}={v}" for k, v in (("json", args.json), ("compare", args.compare)) if v]
+    argv += [f for f, on in (("--no-tflite", args.no_tflite), ("--no-memory", args.no_memory))
+             if on]
+    return models.main(argv)
 
 
 def build_parser():
@@ -318,9 +325,19 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C (zoo names)")
     p.set_defaults(func=_profile)
 
-    p = sub.add_parser("bench", help="benchmarks that print tables")
-    p.add_argument("what", choices=["layers"])
+    from .tflite_export import cli as export_cli
+
+    export_cli.add_parser(sub)
+
+    p = sub.add_parser("bench", help="benchmarks that print tables (default: models)")
+    p.add_argument("what", nargs="?", choices=["models", "layers"], default="models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
+                   help="models: input sizes and pairs")
+    p.add_argument("--json", help="models: write the results here")
+    p.add_argument("--compare", help="models: a saved JSON to compare with")
+    p.add_argument("--no-tflite", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
     p.set_defaults(func=_bench)
     return parser
 

@@ -1,0 +1,28 @@
+"""The model benchmark in its tiny smoke mode: every column measured, targets marked, JSON
+written and compared (no assertions on time: the numbers are the benchmark's output)."""
+
+import json
+
+from keras_priors import cli
+from keras_priors.bench import models
+
+
+def test_bench_models_smoke(capsys, tmp_path):
+    saved = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads(saved.read_text())
+    for pair in models.SIZES["smoke"]:
+        for name in pair.structured:
+            assert f"| {name} " in out
+    row = results["models"]["unet3d_lowrank"]
+    for key in ("macs", "params", "infer_bs1", "train", "tflite_fp32_t1", "tflite_fp32_t2",
+                "tflite_int8_t1", "tflite_int8_t2", "tflite_int8_bytes", "peak_training_mb"):
+        assert row[key] > 0, key
+    assert row["macs"] < results["models"]["unet3d"]["macs"]
+    assert set(results["targets"]) == {"tflite_int8", "keras", "memory", "import"}
+    assert isinstance(results["targets"]["memory"]["unet3d_lowrank"], bool)
+    assert "targets met" in out and "Import: keras" in out
+
+    text = models.compare(results, results)
+    assert "| nin_root8 " in text and "+0.00" in text  # a run compared with itself
