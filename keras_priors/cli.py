@@ -301,6 +301,11 @@ def build_parser():
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--foreground", type=float, default=None,
+                   help="share of patches centred on a foreground voxel (default 0.5)")
+    p.add_argument("--rotate", type=float, default=None, help="max axial rotation, degrees")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_seg)
     p = seg.add_parser("predict", help="label maps for a case or a dataset")
