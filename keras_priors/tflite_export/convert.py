@@ -94,7 +94,7 @@ def _lower(model, target, notes):
         return _Identity(model)
     from . import lowering
 
-    return lowering.lower(model, target=target)
+    return lowering.lower(model, target=target, batch_size=1)  # convert() runs batch 1
 
 
 def _batch1(model):

@@ -213,13 +213,6 @@ def test_lowered_3d_unet_exports_fully_integer_for_the_edgetpu(tmp_path):
     assert len(r.agreement["dice_per_channel"]) == 3
 
 
-def test_3d_pooling_without_lowering_is_a_clear_error(tmp_path):
-    net = zoo.load("unet3d", input_shape=(8, 8, 8, 1), classes=1, widths=(4, 8), norm="batch")
-    with pytest.raises(tflite_export.ConversionError, match="MaxPool3D"):
-        tflite_export.export(net, tmp_path / "u.tflite", verify=False)
-    assert not (tmp_path / "u.tflite").exists()
-
-
 def test_calibration_patches_from_nifti_cases(tmp_path):
     """Synthetic BraTS cases on real anatomy (keras_priors.volumetric.synthetic): patches of
     the model's input size from z-scored volumes; a channel mismatch is named."""

@@ -128,7 +128,7 @@ def test_3d_for_cpu_has_no_grouped_conv3d(layer, rng):
 # ------------------------------------------------------- 3D as rows, for the Edge TPU
 ROWS_OK = {"InputLayer", "Conv2D", "Concatenate", "ZeroPadding2D", "Cropping2D", "Reshape",
            "Activation", "MaxPooling2D", "AveragePooling2D", "ReLU",
-           "GroupNormalization", "BatchNormalization"}
+           "GroupNorm", "BatchNormalization"}
 
 
 def _check_rows(model, rng):
@@ -279,3 +279,93 @@ def test_edgetpu_lowered_unet_converts_without_conv3d(rng):
     np.testing.assert_allclose(got, want, atol=1e-4)
     np.testing.assert_allclose(low.from_lowered_output(got),
                                keras.ops.convert_to_numpy(model(x)), atol=1e-4)
+
+
+# ------------------------------------------------------ GroupNormalization -> GroupNorm
+@pytest.mark.parametrize("groups,center,scale", [(-1, True, True), (2, True, True),
+                                                 (1, False, True), (-1, True, False)],
+                         ids=["instance", "groups2", "layer_like_no_beta", "no_gamma"])
+@pytest.mark.parametrize("shape,target", [((5, 6, 4), "cpu"), ((3, 4, 5, 4), "cpu"),
+                                          ((3, 4, 5, 4), "edgetpu")],
+                         ids=["2d", "3d_native", "3d_rows"])
+def test_group_norm_becomes_builtin_ops_exactly(groups, center, scale, shape, target, rng):
+    """Within 1e-5 of keras' GroupNormalization in float32, on an input far from zero mean
+    and unit variance (the rewrite computes mean, d = x - mean, MEAN(d * d), RSQRT)."""
+    norm = L.GroupNormalization(groups=groups, center=center, scale=scale, epsilon=1e-3,
+                                name="norm")
+    model = _model([L.Conv2D(4, 1) if len(shape) == 3 else L.Conv3D(4, 1), norm], shape, rng,
+                   batch_size=1 if target == "edgetpu" else None)
+    model.layers[1].bias.assign(np.array([3.0, -5.0, 0.5, 10.0], "float32"))
+    low = _check(model, target, rng)
+    assert "GroupNormalization" not in _classes(low.model) and "GroupNorm" in _classes(low.model)
+    assert [a["detail"] for a in low.applied if a["layer"] == "norm"][0].startswith(
+        "instance norm" if groups == -1 else f"{groups if groups > 0 else 4} groups")
+    assert low.unsupported == []
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")
+def test_group_norm_converts_to_int8_edgetpu_builtins(rng):
+    tf = pytest.importorskip("tensorflow")
+    from keras_priors.tflite_export import edgetpu
+
+    model = _model([L.Conv3D(8, 3, padding="same"), L.GroupNormalization(groups=-1), L.ReLU(),
+                    L.Conv3D(8, 1), L.GroupNormalization(groups=2)], (4, 4, 4, 2), rng,
+                   batch_size=1)
+    low = lower(model, "edgetpu")
+    x = rng.normal(size=(8, 1, 4, 4, 4, 2)).astype("float32")
+    converter = tf.lite.TFLiteConverter.from_keras_model(low.model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([low.to_lowered_input(e)] for e in x)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    m = edgetpu.read_model(model_content=converter.convert())
+    ops = {op["op"] for op in m["ops"]}
+    assert {"MEAN", "SUB", "MUL", "RSQRT", "ADD"} <= ops <= set(edgetpu.SUPPORTED_OPS)
+    assert edgetpu.float_offenders(m) == []
+
+
+def test_gn_layer_round_trips_and_needs_divisible_channels(tmp_path):
+    from keras_priors.tflite_export.lowering import GroupNorm
+
+    x = keras.Input((6, 4), batch_size=1)
+    model = keras.Model(x, GroupNorm(2, epsilon=1e-4, center=False, name="gn")(x))
+    model.save(tmp_path / "gn.keras")
+    again = keras.saving.load_model(tmp_path / "gn.keras")
+    assert again.get_layer("gn").get_config() == model.get_layer("gn").get_config()
+    with pytest.raises(ValueError, match="5 channels are not divisible into 2 groups"):
+        GroupNorm(2)(keras.Input((3, 5)))
+
+
+# -------------------------------------------------------------------- 3D for the CPU
+def test_3d_unet_for_cpu_native_pooling_any_batch_rows_at_batch1(rng):
+    model = _randomize(zoo.load("unet3d_lowrank", input_shape=(8, 8, 8, 2), classes=3,
+                                widths=(4, 8), norm="batch", classifier_activation="linear"),
+                       rng)
+    native = _check(model, "cpu", rng, batch=2)  # any batch: native layout, 2D pooling
+    assert native.input_layout == "native" and native.unsupported == []
+    assert "MaxPooling3D" not in _classes(native.model)
+    assert "builtin_pool" in {a["pass"] for a in native.applied}
+    rows = lower(model, "cpu", batch_size=1)
+    assert rows.input_layout == "volume_as_rows" and rows.model.input_shape == (1, 64, 8, 2)
+    assert _classes(rows.model) <= ROWS_OK and rows.unsupported == []
+    x = rng.normal(size=(1, 8, 8, 8, 2)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x))
+    got = rows.from_lowered_output(keras.ops.convert_to_numpy(rows.model(rows.to_lowered_input(x))))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    with pytest.raises(ValueError, match="batch_size must be None or 1"):
+        lower(model, "cpu", batch_size=2)
+
+
+@pytest.mark.parametrize("pool", [
+    lambda: L.MaxPooling3D((2, 1, 2)), lambda: L.AveragePooling3D(2, padding="same"),
+    lambda: L.MaxPooling3D((1, 1, 3))], ids=["max_2x1x2", "avg_same_odd", "max_w_floor"])
+def test_native_3d_pooling_is_exact(pool, rng):
+    low = _check(_model([pool()], (5, 4, 7, 3), rng), "cpu", rng, batch=2)
+    assert _classes(low.model) <= {"InputLayer", "Reshape", "MaxPooling2D", "AveragePooling2D"}
+
+
+def test_overlapping_3d_pooling_is_reported_on_cpu(rng):
+    model = _model([L.MaxPooling3D(3, strides=2, name="overlap")], (6, 6, 6, 2), rng)
+    low = _check(model, "cpu", rng)
+    assert [u["layer"] for u in low.unsupported] == ["overlap"]
+    assert "strides = pool_size" in low.unsupported[0]["reason"]
