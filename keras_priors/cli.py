@@ -156,12 +156,27 @@ def _train(args):
     cfg = training.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         result = training.fit(cfg, args.out, resume=args.resume,
-                              verbose="auto" if not args.quiet else 0)
+                              verbose="auto" if not args.quiet else 0, strategy=_strategy(args))
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     print(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def _strategy(args):
+    """The tf.distribute strategy of --strategy (set up before anything creates a tensor)."""
+    from . import distribute
+
+    return distribute.get_strategy(args.strategy, logical_cpus=args.logical_cpus)
+
+
+def _add_strategy_args(p):
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
+                   default="default",
+                   help="tf.distribute strategy (docs/scaling.md); --batch-size is the global batch")
+    p.add_argument("--logical-cpus", type=int, default=None,
+                   help="split the CPU into N logical devices (--strategy mirrored without GPUs)")
 
 
 def _evaluate(args):
@@ -186,7 +201,8 @@ def _seg(args):
         fields = seg.SegConfig.__dataclass_fields__
         cfg = seg.SegConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
         result = seg.fit_segmentation(cfg, args.out, resume=args.resume,
-                                      verbose=0 if args.quiet else "auto")
+                                      verbose=0 if args.quiet else "auto",
+                                      strategy=_strategy(args))
         print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
         return 0
     if args.seg_command == "predict":
@@ -267,6 +283,7 @@ def build_parser():
     p.add_argument("--limit-train", type=int, default=None, help="use the first N examples")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_strategy_args(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="test accuracy, loss, MACs and params as JSON")
@@ -307,6 +324,7 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     p.add_argument("--quiet", action="store_true")
+    _add_strategy_args(p)
     p.set_defaults(func=_seg)
     p = seg.add_parser("predict", help="label maps for a case or a dataset")
     p.add_argument("--model", required=True,

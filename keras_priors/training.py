@@ -286,16 +286,33 @@ def _jsonable_value(v):
     return json.loads(json.dumps(v, default=_jsonable))
 
 
-def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
+def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy=None):
     """Train `cfg.model` on `cfg.data` into folder `out`; returns the result dict.
+
+    `strategy` is None / "default", "mirrored", "multiworker" or a tf.distribute strategy
+    (keras_priors.distribute). `cfg.batch_size` is the global batch, split over the
+    replicas; a run may resume under another strategy or number of workers. Under a
+    strategy other than the default one, training runs through `distribute.train_loop` and
+    only the chief writes into `out`.
 
     >>> cfg = TrainConfig("nin_root8", epochs=1, width=0.25, limit_train=512,
     ...                   limit_test=256)                                  # doctest: +SKIP
     >>> fit(cfg, "runs/demo")["accuracy"]                                  # doctest: +SKIP
     """
+    from . import distribute
+
+    strategy = distribute.get_strategy(strategy or "default")
+    distributed = not distribute.is_default(strategy)
+    chief = distribute.is_chief() if distributed else True
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = check_run_folder(out, cfg, resume)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        state = check_run_folder(out, cfg, resume)
+    else:  # the chief checks and writes the run folder; the others only read it to resume
+        state = check_run_folder(out, cfg, True) if resume and out.is_dir() else None
+    if distributed:
+        distribute.per_replica_batch(cfg.batch_size, strategy)
+    writes = distribute.WriteFolder(out, chief)
     keras.utils.set_random_seed(cfg.seed)
     if keras.backend.backend() == "tensorflow":  # same seed, same numbers, also on resume
         import tensorflow as tf
@@ -305,30 +322,37 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
     try:
         data = data or data_lib.load(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_test)
         steps = data_lib.steps_per_epoch(data, cfg.batch_size)
-        if state is None:
+        with distribute.scope(strategy):
             model = build_model(cfg, data)
             compile_model(model, cfg, steps)
-            state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
-            write_json_atomic(out / "config.json", asdict(cfg))
-            write_json_atomic(out / "state.json", state)
-        else:
-            model = build_model(cfg, data)
-            compile_model(model, cfg, steps)
-            restore_checkpoint(model, checkpoint_path(out, state), state.get("rng"))
-        keeper = RunKeeper(out, state)
+            if state is None:
+                state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
+                write_json_atomic(writes.path / "config.json", asdict(cfg))
+                write_json_atomic(writes.path / "state.json", state)
+            else:
+                restore_checkpoint(model, checkpoint_path(out, state), state.get("rng"))
+        keeper = RunKeeper(writes.path, state)
         first = state["epoch"]
         if first < cfg.epochs:
-            model.fit(
-                data_lib.train_batches(data, cfg.batch_size, cfg.seed, first, cfg.epochs, cfg.augment),
-                epochs=cfg.epochs, initial_epoch=first, steps_per_epoch=steps,
-                validation_data=data_lib.eval_batches(data), verbose=verbose, shuffle=False,
-                callbacks=[keeper, keras.callbacks.CSVLogger(out / "log.csv", append=True),
-                           keras.callbacks.TensorBoard(out / "tensorboard", write_graph=False)],
-            )
+            batches = data_lib.train_batches(data, cfg.batch_size, cfg.seed, first, cfg.epochs,
+                                             cfg.augment)
+            callbacks = [keeper, keras.callbacks.CSVLogger(writes.path / "log.csv", append=True),
+                         keras.callbacks.TensorBoard(writes.path / "tensorboard",
+                                                     write_graph=False)]
+            if distributed:
+                distribute.train_loop(
+                    model, batches, strategy=strategy, epochs=cfg.epochs, initial_epoch=first,
+                    steps_per_epoch=steps, global_batch_size=cfg.batch_size,
+                    validation_data=data_lib.eval_batches(data), verbose=verbose,
+                    metrics={"accuracy": distribute.categorical_accuracy}, callbacks=callbacks)
+            else:
+                model.fit(batches, epochs=cfg.epochs, initial_epoch=first, steps_per_epoch=steps,
+                          validation_data=data_lib.eval_batches(data), verbose=verbose,
+                          shuffle=False, callbacks=callbacks)
         if keeper.bad_loss is not None:
             state["status"] = "stopped: non-finite loss"
             state["bad_loss"] = keeper.bad_loss
-            write_json_atomic(out / "state.json", state)
+            write_json_atomic(writes.path / "state.json", state)
             kept = checkpoint_path(out, state)
             raise FloatingPointError(
                 f"loss became {keeper.bad_loss['loss']} at epoch {keeper.bad_loss['epoch']} "
@@ -336,16 +360,19 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None):
                 + (f"the last good checkpoint ({kept}, epoch {state['epoch']}) is kept"
                    if kept else "no epoch had completed, so there is no checkpoint")
             )
-        result = report(model, data, cfg.model, extra={
-            "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
-            "seed": cfg.seed, "data": cfg.data, "config": asdict(cfg)})
-        save_weights_atomic(model, out / "weights.weights.h5")
+        extra = {"epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
+                 "seed": cfg.seed, "data": cfg.data, "config": asdict(cfg)}
+        if distributed:
+            extra["replicas"] = strategy.num_replicas_in_sync
+        result = report(model, data, cfg.model, extra=extra, local=distributed)
+        save_weights_atomic(model, writes.path / "weights.weights.h5")
         state["status"] = "completed"
-        write_json_atomic(out / "state.json", state)
-        write_json_atomic(out / "result.json", result)
+        write_json_atomic(writes.path / "state.json", state)
+        write_json_atomic(writes.path / "result.json", result)
         return result
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        writes.close()
 
 
 def _policy(cfg):
@@ -355,10 +382,19 @@ def _policy(cfg):
     return "mixed_float16" if gpu else "mixed_bfloat16"
 
 
-def report(model, data, name, batch_size=256, extra=None):
-    """Test accuracy and loss, MACs and params of `model` on `data`, as one dict."""
+def report(model, data, name, batch_size=256, extra=None, local=False):
+    """Test accuracy and loss, MACs and params of `model` on `data`, as one dict.
+
+    `local=True` predicts with a plain call on this process's copy of the weights (for a
+    model trained under a tf.distribute strategy, where `model.predict` may not run)."""
     t0 = time.perf_counter()
-    probs = model.predict(data_lib.eval_batches(data, batch_size), verbose=0)
+    batches = data_lib.eval_batches(data, batch_size)
+    if local:
+        from .distribute import predict_local
+
+        probs = predict_local(model, batches)
+    else:
+        probs = model.predict(batches, verbose=0)
     if "test" in data.arrays:
         labels = np.asarray(data.arrays["test"][1], dtype=np.int64)
     else:

@@ -91,3 +91,20 @@ def test_train_and_evaluate_commands(capsys, tmp_path):
     assert code == 0 and json.loads(stdout)["accuracy"] >= 0
     code, _, err = run(capsys, "evaluate", "nin_root8", "--weights", "nope")
     assert code == 2 and "nor the path of an existing weights file" in err
+
+
+def test_train_command_with_a_mirrored_strategy(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "keras_priors.cli", "train", "nin_root8", "--out", str(out),
+            "--epochs", "1", "--width", "0.125", "--batch-size", "64", "--limit-train", "256",
+            "--limit-test", "128", "--quiet", "--strategy", "mirrored", "--logical-cpus", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs"] == 1 and 0 <= result["accuracy"] <= 1

@@ -11,12 +11,21 @@ changes results:
 - "split": split the channels, one conv per group, concatenate;
 - "auto": pick per layer what is faster on the running backend and device
   (`choose_implementation`).
+
+`devices=["/GPU:0", "/GPU:1"]` places the per-group convs of the "split" implementation on
+those devices round-robin (model parallelism over the filter groups; docs/scaling.md says
+when that pays). It uses `tf.device`, so it acts on the TensorFlow backend only; on JAX
+and torch the argument is kept (a saved model loads everywhere) but has no effect, since
+there placement belongs to `keras.distribution` / the array's device, not to an op scope.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import re
+import warnings
 
 import keras
 from keras import ops
@@ -24,6 +33,24 @@ from keras import ops
 from .base import PACKAGE, ConvPart, StructuredConv, int_tuple, positive_int
 
 IMPLEMENTATIONS = ("auto", "grouped", "split")
+_DEVICE = re.compile(r"^(/job:[\w-]+)?(/replica:\d+)?(/task:\d+)?"
+                     r"/(device:)?(CPU|GPU|TPU)(:\d+)?$", re.IGNORECASE)
+
+
+def check_devices(devices):
+    """`None`, or a non-empty list of device strings such as "/GPU:0" or "/CPU:1"."""
+    if devices is None:
+        return None
+    if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
+        raise ValueError(
+            "devices must be None or a non-empty list of device strings such as "
+            f"['/GPU:0', '/GPU:1'], received devices={devices!r}")
+    bad = [d for d in devices if not isinstance(d, str) or not _DEVICE.match(d)]
+    if bad:
+        raise ValueError(
+            f"devices entries must be device strings such as '/GPU:0', '/CPU:1' or "
+            f"'/job:worker/task:0/device:GPU:0', received {bad[0]!r} in devices={list(devices)!r}")
+    return list(devices)
 
 
 @functools.cache
@@ -63,6 +90,8 @@ class RootConv(StructuredConv):
         combine: follow the grouped conv by an ungrouped 1x1 conv to `filters`.
         spatial_filters: width of the grouped conv when `combine=True` (default `filters`).
         implementation: "auto", "grouped" or "split" (same weights, same results).
+        devices: optional list of device strings; the per-group convs of the "split"
+            implementation run on them round-robin (TensorFlow backend; see module doc).
         Other arguments as in keras Conv layers; default init is He normal (fan-in).
     """
 
@@ -78,6 +107,7 @@ class RootConv(StructuredConv):
         spatial_filters=None,
         implementation="auto",
         kernel_initializer="he_normal",
+        devices=None,
         **kwargs,
     ):
         super().__init__(
@@ -111,6 +141,16 @@ class RootConv(StructuredConv):
                 f"implementation={implementation!r}"
             )
         self.implementation = implementation
+        self.devices = check_devices(devices)
+        if self.devices and implementation == "grouped" and self.groups > 1:
+            raise ValueError(
+                "devices places the per-group convs of implementation='split', but "
+                "implementation='grouped' runs one conv; use implementation='split' or 'auto'")
+        if self.devices and keras.backend.backend() != "tensorflow":
+            warnings.warn(
+                f"RootConv devices={self.devices} has no effect on the "
+                f"{keras.backend.backend()} backend (device scopes are TensorFlow's); the "
+                "layer computes the same result without placement", stacklevel=2)
 
     def _spatial_width(self):
         return self.spatial_filters or self.filters
@@ -132,22 +172,31 @@ class RootConv(StructuredConv):
     def resolved_implementation(self):
         """What this layer runs: "grouped" or "split"."""
         if self.implementation == "auto":
+            if self.devices and self.groups > 1:
+                return "split"
             return choose_implementation(self.groups)
         return self.implementation
 
+    def _device(self, index):
+        """The placement scope of group `index` (a no-op without devices or off TensorFlow)."""
+        if not self.devices or keras.backend.backend() != "tensorflow":
+            return contextlib.nullcontext()
+        import tensorflow as tf
+
+        return tf.device(self.devices[index % len(self.devices)])
+
     def _spatial_call(self, x):
         if self.groups == 1 or self.resolved_implementation == "grouped":
-            y = self._conv(x, self.kernel)
+            with self._device(0):
+                y = self._conv(x, self.kernel)
         else:
             fg = self._spatial_width() // self.groups
             pieces = ops.split(x, self.groups, axis=self.channel_axis)
-            y = ops.concatenate(
-                [
-                    self._conv(piece, self.kernel[..., g * fg : (g + 1) * fg])
-                    for g, piece in enumerate(pieces)
-                ],
-                axis=self.channel_axis,
-            )
+            outputs = []
+            for g, piece in enumerate(pieces):
+                with self._device(g):
+                    outputs.append(self._conv(piece, self.kernel[..., g * fg : (g + 1) * fg]))
+            y = ops.concatenate(outputs, axis=self.channel_axis)
         return self._bias_add(y, self.bias)
 
     def _spatial_parts(self, in_channels, spatial_in, spatial_out):
@@ -167,6 +216,7 @@ class RootConv(StructuredConv):
                 "groups": self.groups,
                 "spatial_filters": self.spatial_filters,
                 "implementation": self.implementation,
+                "devices": self.devices,
             }
         )
         return config

@@ -80,15 +80,31 @@ def _compile(model, cfg, steps, mode):
     model.compile(optimizer=opt, loss=DiceCELoss(mode=mode))
 
 
-def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_dir=None):
-    """Train on `cfg.data`, evaluate on held-out cases; returns the result dict."""
+def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_dir=None,
+                     strategy=None):
+    """Train on `cfg.data`, evaluate on held-out cases; returns the result dict.
+
+    `strategy`: None / "default", "mirrored", "multiworker" or a tf.distribute strategy, as
+    in `training.fit` (global batch `cfg.batch_size`; only the chief writes into `out`).
+    """
+    from .. import distribute
+
+    strategy = distribute.get_strategy(strategy or "default")
+    distributed = not distribute.is_default(strategy)
+    chief = distribute.is_chief() if distributed else True
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = training.check_run_folder(out, cfg, resume)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        state = training.check_run_folder(out, cfg, resume)
+    else:  # the chief checks and writes `out`; the others read it to resume
+        state = training.check_run_folder(out, cfg, True) if resume and out.is_dir() else None
+    if distributed:
+        distribute.per_replica_batch(cfg.batch_size, strategy)
+    writes = distribute.WriteFolder(out, chief)  # a deleted temporary folder off the chief
     keras.utils.set_random_seed(cfg.seed)
     cases = discover(cfg.data, cfg.layout)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    cache_dir = cache_dir or out / "cache"
+    cache_dir = cache_dir or writes.path / "cache"
     prepared = [prepare(c, cache_dir) for c in train_cases]
     channels, outputs = prepared[0][0].shape[-1], prepared[0][1].shape[-1]
     regions = train_cases[0].regions
@@ -97,43 +113,57 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
         raise ValueError("multi-class label maps without regions are not supported yet; "
                          "give region definitions (BraTS layouts) or binary labels")
     steps = cfg.steps_per_epoch or max(1, 2 * len(prepared) // cfg.batch_size)
-    model = build(cfg, channels, outputs, activation)
-    _compile(model, cfg, steps, mode)
+    with distribute.scope(strategy):
+        model = build(cfg, channels, outputs, activation)
+        _compile(model, cfg, steps, mode)
     if state is None:
         state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
-        training.write_json_atomic(out / "config.json", asdict(cfg))
-        training.write_json_atomic(out / "state.json", state)
-        training.write_json_atomic(out / "split.json", {
+        training.write_json_atomic(writes.path / "config.json", asdict(cfg))
+        training.write_json_atomic(writes.path / "state.json", state)
+        training.write_json_atomic(writes.path / "split.json", {
             "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
             "regions": list(regions) if regions else None, "layout": cases[0].layout,
             "channels": int(channels), "outputs": int(outputs),
             "modalities": list(train_cases[0].modalities),
             "spacing": list(load_case(train_cases[0])[2].zooms)})
     else:
-        training.restore_checkpoint(model, training.checkpoint_path(out, state), state.get("rng"))
-    keeper = training.RunKeeper(out, state)
+        with distribute.scope(strategy):
+            training.restore_checkpoint(model, training.checkpoint_path(out, state),
+                                        state.get("rng"))
+        if not chief:  # model_for_inference below reads this worker's own folder
+            for name in ("config.json", "split.json"):
+                (writes.path / name).write_bytes((out / name).read_bytes())
+    keeper = training.RunKeeper(writes.path, state)
     if state["epoch"] < cfg.epochs:
         data = patch_dataset(prepared, cfg.patch, cfg.batch_size, cfg.seed, state["epoch"],
                              cfg.epochs, per_case=max(1, steps * cfg.batch_size // len(prepared)),
                              foreground=cfg.foreground, rotate=cfg.rotate)
-        model.fit(data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-                  shuffle=False,
-                  verbose=verbose, callbacks=[keeper, keras.callbacks.CSVLogger(
-                      out / "log.csv", append=True)])
+        callbacks = [keeper, keras.callbacks.CSVLogger(writes.path / "log.csv", append=True)]
+        if distributed:
+            distribute.train_loop(model, data, strategy=strategy, epochs=cfg.epochs,
+                                  initial_epoch=state["epoch"], steps_per_epoch=steps,
+                                  global_batch_size=cfg.batch_size, verbose=verbose,
+                                  callbacks=callbacks)
+        else:
+            model.fit(data, epochs=cfg.epochs, initial_epoch=state["epoch"],
+                      steps_per_epoch=steps, shuffle=False, verbose=verbose, callbacks=callbacks)
     if keeper.bad_loss is not None:
         state["status"] = "stopped: non-finite loss"
-        training.write_json_atomic(out / "state.json", state)
+        training.write_json_atomic(writes.path / "state.json", state)
         raise FloatingPointError(f"loss became non-finite at epoch {keeper.bad_loss['epoch']}; "
                                  f"the last good checkpoint is kept")
-    training.save_weights_atomic(model, out / "weights.weights.h5")
-    scores = evaluate_cases(model_for_inference(out), val_cases)
+    training.save_weights_atomic(model, writes.path / "weights.weights.h5")
+    scores = evaluate_cases(model_for_inference(writes.path), val_cases)
     prof = complexity.profile(model, verbose=False)
     result = {"model": cfg.model, "epochs": state["epoch"],
               "train_seconds": round(state["train_seconds"], 2), "macs_per_patch": prof.total_macs,
               "params": prof.total_params, "val_cases": [c.case_id for c in val_cases], **scores}
+    if distributed:
+        result["replicas"] = strategy.num_replicas_in_sync
     state["status"] = "completed"
-    training.write_json_atomic(out / "state.json", state)
-    training.write_json_atomic(out / "result.json", result)
+    training.write_json_atomic(writes.path / "state.json", state)
+    training.write_json_atomic(writes.path / "result.json", result)
+    writes.close()
     return result
 
 
