@@ -12,7 +12,8 @@ Tasks:
                    layout, 2 mm voxels); 16 cases, 4 held out. Regions WT / TC / ET.
   brain_mask       a real label on a real scan: the brain of the Colin27 T1 (skull and all) as
                    given by its skull-stripped version ch2bet (Debian mricron-data), 2 mm.
-                   Held-out split by hemisphere: train on the left half, test on the right.
+                   Held-out split by hemisphere: one half trains, the other (the left, by the
+                   seeded split) is held out.
 """
 
 from __future__ import annotations
