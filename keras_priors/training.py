@@ -286,6 +286,27 @@ def _jsonable_value(v):
     return json.loads(json.dumps(v, default=_jsonable))
 
 
+def open_run(out: Path, cfg, resume, strategy):
+    """-> (strategy, state or None, the folder this process writes to) for a run in `out`.
+
+    The chief (the only process without a strategy) checks and writes `out`; other
+    workers only read it to resume, and write into a temporary folder that is deleted.
+    """
+    from . import distribute
+
+    strategy = distribute.get_strategy(strategy or "default")
+    distributed = not distribute.is_default(strategy)
+    chief = distribute.is_chief() if distributed else True
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        state = check_run_folder(out, cfg, resume)
+    else:
+        state = check_run_folder(out, cfg, True) if resume and out.is_dir() else None
+    if distributed:
+        distribute.per_replica_batch(cfg.batch_size, strategy)
+    return strategy, state, distribute.WriteFolder(out, chief)
+
+
 def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy=None):
     """Train `cfg.model` on `cfg.data` into folder `out`; returns the result dict.
 
@@ -301,18 +322,9 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
     """
     from . import distribute
 
-    strategy = distribute.get_strategy(strategy or "default")
-    distributed = not distribute.is_default(strategy)
-    chief = distribute.is_chief() if distributed else True
     out = Path(out)
-    if chief:
-        out.mkdir(parents=True, exist_ok=True)
-        state = check_run_folder(out, cfg, resume)
-    else:  # the chief checks and writes the run folder; the others only read it to resume
-        state = check_run_folder(out, cfg, True) if resume and out.is_dir() else None
-    if distributed:
-        distribute.per_replica_batch(cfg.batch_size, strategy)
-    writes = distribute.WriteFolder(out, chief)
+    strategy, state, writes = open_run(out, cfg, resume, strategy)
+    distributed = not distribute.is_default(strategy)
     keras.utils.set_random_seed(cfg.seed)
     if keras.backend.backend() == "tensorflow":  # same seed, same numbers, also on resume
         import tensorflow as tf

@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -112,15 +111,13 @@ def train():
 
 def measure(model_name):
     """Peak process memory and median step time of training steps (run in a fresh process)."""
-    import psutil
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     from keras_priors import complexity, zoo
+    from keras_priors.bench.timing import peak_rss_rise_mb
     from keras_priors.volumetric.losses import DiceCELoss
 
-    proc = psutil.Process()
     size, batch = MEMORY["patch"], MEMORY["batch"]
     model = zoo.load(model_name, input_shape=(*size, 4), classes=3, widths=MEMORY["widths"])
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=DiceCELoss(),
@@ -128,27 +125,20 @@ def measure(model_name):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *size, 4)).astype("float32")
     y = (rng.random((batch, *size, 3)) < 0.1).astype("float32")
-    base = proc.memory_info().rss
-    peak, done = [base], threading.Event()
 
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
+    def steps():
+        times = []
+        for _ in range(MEMORY["steps"] + 1):
+            t0 = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - t0)
+        return times
 
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    times = []
-    for _ in range(MEMORY["steps"] + 1):
-        t0 = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - t0)
-    done.set()
-    watcher.join()
+    times, peak_mb = peak_rss_rise_mb(steps)
     prof = complexity.profile(model, verbose=False)
     return {"model": model_name, "patch": list(size), "batch": batch,
             "widths": list(MEMORY["widths"]), "step_seconds": float(np.median(times[1:])),
-            "peak_training_mb": (peak[0] - base) / 2**20, "macs_per_sample": prof.total_macs,
+            "peak_training_mb": peak_mb, "macs_per_sample": prof.total_macs,
             "params": prof.total_params}
 
 

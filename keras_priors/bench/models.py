@@ -19,14 +19,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved_median_ms, markdown_table
+from .timing import interleaved_median_ms, markdown_table, peak_rss_rise_mb
 
 
 @dataclass(frozen=True)
@@ -48,11 +47,13 @@ SIZES = {
         Pair("unet3d", ("unet3d_lowrank",), (64, 64, 64, 4), 3, {"widths": (16, 32, 64, 128)},
              batches=(1, 2), train_batch=2),
     ),
-    "quick": (
-        Pair("resnet50", ("resnet50_root8", "resnet50_root64"), (112, 112, 3), train_batch=8),
-        Pair("nin", ("nin_root8",), (32, 32, 3), 10, train_batch=128),
-        Pair("vgg11_gmp", ("vgg11_gmp_lr_join",), (112, 112, 3), train_batch=8),
-        Pair("unet3d", ("unet3d_lowrank",), (32, 32, 32, 4), 3, {"widths": (16, 32, 64)},
+    "quick": (  # every pair of "full", at smaller inputs and batches (~15 min on 2 cores)
+        Pair("resnet50", ("resnet50_root8", "resnet50_root16", "resnet50_root64"), (112, 112, 3),
+             batches=(1, 8), train_batch=8),
+        Pair("nin", ("nin_root4", "nin_root8", "nin_root16"), (32, 32, 3), 10, batches=(1, 32),
+             train_batch=128),
+        Pair("vgg11_gmp", ("vgg11_gmp_lr_join",), (112, 112, 3), batches=(1, 8), train_batch=8),
+        Pair("unet3d", ("unet3d_lowrank",), (32, 32, 32, 4), 3, {"widths": (16, 32, 64, 128)},
              batches=(1, 2), train_batch=2),
     ),
     "smoke": (
@@ -177,26 +178,10 @@ def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10):
 
 def peak_training_mb(name, pair, steps=3):
     """Rise of the resident set size over `steps` training steps, in this process."""
-    import psutil
-
-    proc = psutil.Process()
     model = _build(name, pair)
     _compile(model)
     x, y = _inputs(pair, pair.train_batch), _targets(model, pair.train_batch)
-    base, done, peak = proc.memory_info().rss, threading.Event(), [0]
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    for _ in range(steps):
-        model.train_on_batch(x, y)
-    done.set()
-    watcher.join()
-    return (max(peak[0], proc.memory_info().rss) - base) / 2**20
+    return peak_rss_rise_mb(lambda: [model.train_on_batch(x, y) for _ in range(steps)])[1]
 
 
 def _memory_in_subprocess(name, pair):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 
@@ -40,3 +41,26 @@ def markdown_table(header, rows):
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def peak_rss_rise_mb(fn, interval=0.002):
+    """(fn(), rise of this process's resident set size in MB while fn ran, sampled every
+    `interval` s): the peak memory a step needs beyond what was already held."""
+    import psutil
+
+    proc = psutil.Process()
+    base, done, peak = proc.memory_info().rss, threading.Event(), [0]
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(interval)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        watcher.join()
+    return result, (max(peak[0], proc.memory_info().rss) - base) / 2**20

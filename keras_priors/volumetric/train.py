@@ -89,18 +89,9 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_di
     """
     from .. import distribute
 
-    strategy = distribute.get_strategy(strategy or "default")
-    distributed = not distribute.is_default(strategy)
-    chief = distribute.is_chief() if distributed else True
     out = Path(out)
-    if chief:
-        out.mkdir(parents=True, exist_ok=True)
-        state = training.check_run_folder(out, cfg, resume)
-    else:  # the chief checks and writes `out`; the others read it to resume
-        state = training.check_run_folder(out, cfg, True) if resume and out.is_dir() else None
-    if distributed:
-        distribute.per_replica_batch(cfg.batch_size, strategy)
-    writes = distribute.WriteFolder(out, chief)  # a deleted temporary folder off the chief
+    strategy, state, writes = training.open_run(out, cfg, resume, strategy)
+    distributed, chief = not distribute.is_default(strategy), writes.chief
     keras.utils.set_random_seed(cfg.seed)
     cases = discover(cfg.data, cfg.layout)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
