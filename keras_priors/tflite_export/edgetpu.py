@@ -441,10 +441,28 @@ def check(model_path=None, model_content=None, run_compiler_if_found=True):
         "ops": ops_out,
         "tensors": tensor_violations,
         "partition": partition,
+        "parameter_cache": parameter_cache(model),
         "float_ops": float_offenders(model),
         "compiler": compiler,
         "source": SOURCE,
     }
+
+
+PARAMETER_CACHE_BYTES = 8 * 2**20  # on-chip parameter memory of the Edge TPU, about 8 MiB
+
+
+def parameter_cache(model):
+    """Whether the constant tensors (weights, biases) fit the Edge TPU's on-chip parameter
+    cache; what does not fit is streamed from host memory at every inference (slower)."""
+    size = sum(int(np.prod(t["shape"] or [1])) * np.dtype(t["dtype"]).itemsize
+               for t in model["tensors"].values() if t["kind"] == "constant")
+    fits = size <= PARAMETER_CACHE_BYTES
+    note = (f"parameters {size / 2**20:.2f} MiB "
+            + ("fit the ~8 MiB on-chip cache" if fits else
+               "exceed the ~8 MiB on-chip cache: the rest is streamed from host memory at "
+               "every inference (slower); pipelining over several Edge TPUs splits them"))
+    return {"parameter_bytes": size, "cache_bytes": PARAMETER_CACHE_BYTES, "fits": fits,
+            "note": note}
 
 
 def require_integer(model_path=None, model_content=None):

@@ -87,6 +87,8 @@ class ExportReport:
         if e:
             lines += ["", "## Edge TPU", "", f"- {e['partition']['summary']}",
                       f"- {e['compiler']['message']}"]
+            if "parameter_cache" in e:
+                lines.append(f"- {e['parameter_cache']['note']}")
             counts = Counter((o["op"], o["maps"], o["device"]) for o in e["ops"])
             lines += ["", "| op | count | maps to the Edge TPU | would run on | why not |",
                       "|---|---|---|---|---|"]

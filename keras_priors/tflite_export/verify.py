@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+SEGMENTATION_DICE = 0.97  # float-Keras vs quantized label maps, per channel
 FP32_TOLERANCE = 1e-4
 
 
@@ -133,8 +134,8 @@ def compare(reference, candidate, quantization="none"):
         out["criterion"] = "top1_agreement_ties >= 0.99"
         out["passed"] = out["top1_agreement_ties"] >= 0.99
     elif "dice" in out:
-        out["criterion"] = "dice >= 0.9"
-        out["passed"] = out["dice"] >= 0.9
+        out["criterion"] = f"every channel's dice >= {SEGMENTATION_DICE}"
+        out["passed"] = min(scores) >= SEGMENTATION_DICE
     else:
         out["criterion"] = "relative_error <= 0.05"
         out["passed"] = out["relative_error"] <= 0.05

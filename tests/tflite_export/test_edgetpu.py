@@ -163,3 +163,19 @@ def test_compiler_log_is_included_when_found(tmp_path, monkeypatch):
     report = edgetpu.check(model_content=content)
     assert report["compiler"]["ran"] and report["compiler"]["returncode"] == 0
     assert "Edge TPU Compiler stand-in, args: -s -o" in report["compiler"]["log"]
+
+
+def test_parameter_cache_is_reported(tmp_path):
+    import keras
+
+    from keras_priors import tflite_export
+
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    rng = np.random.default_rng(0)
+    report = tflite_export.export(model, tmp_path / "m.tflite", quantization="int8",
+                                  target="edgetpu", verify=False,
+                                  representative_data=rng.normal(size=(4, 8, 8, 4)).astype("float32"))
+    cache = report.edgetpu["parameter_cache"]
+    assert cache["fits"] and 8 * 3 * 3 * 4 <= cache["parameter_bytes"] < 2048
+    assert "fit the ~8 MiB on-chip cache" in (tmp_path / "m.md").read_text()
