@@ -26,3 +26,10 @@ def test_bench_models_smoke(capsys, tmp_path):
 
     text = models.compare(results, results)
     assert "| nin_root8 " in text and "+0.00" in text  # a run compared with itself
+
+
+def test_bench_only_names_known_pairs():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"only=\['vgg'\] matches no pair of size 'smoke'"):
+        models.run("smoke", only=["vgg"])

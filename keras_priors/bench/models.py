@@ -218,10 +218,15 @@ def complexity_of(name, pair):
     return {"macs": prof.total_macs, "params": prof.total_params}
 
 
-def run(size="full", tflite=True, memory=True, progress=print):
-    """All measurements of one size; returns the JSON-able results."""
+def run(size="full", tflite=True, memory=True, progress=print, only=None):
+    """All measurements of one size (`only`: baseline names to keep); returns the JSON-able
+    results."""
     results = {"size": size, "machine": _machine(), "models": {}, "pairs": []}
-    for pair in SIZES[size]:
+    pairs = [p for p in SIZES[size] if not only or p.baseline in only]
+    if not pairs:
+        raise ValueError(f"only={only!r} matches no pair of size {size!r}; baselines: "
+                         f"{[p.baseline for p in SIZES[size]]}")
+    for pair in pairs:
         names = (pair.baseline, *pair.structured)
         progress(f"-- {pair.baseline} vs {', '.join(pair.structured)} at {pair.input_shape}")
         rows = {n: complexity_of(n, pair) for n in names}
@@ -350,6 +355,7 @@ def main(argv=None):
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--compare", help="a saved JSON to compare the ratios with")
+    parser.add_argument("--only", nargs="+", help="baselines of the pairs to run, e.g. resnet50")
     parser.add_argument("--no-tflite", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -361,7 +367,7 @@ def main(argv=None):
         print(json.dumps({"peak_training_mb": peak_training_mb(args.memory_of, pair)}))
         return 0
     results = run(args.size, tflite=not args.no_tflite, memory=not args.no_memory,
-                  progress=lambda m: print(m, file=sys.stderr, flush=True))
+                  progress=lambda m: print(m, file=sys.stderr, flush=True), only=args.only)
     print(table(results))
     if args.compare:
         print("\n" + compare(results, json.loads(Path(args.compare).read_text())))
