@@ -82,12 +82,23 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- io
-def write_json_atomic(path, obj):
+def write_bytes_atomic(path, data: bytes):
+    """Write `data` to `path` through a temporary file in the same folder (no partial file
+    is ever visible under `path`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json_atomic(path, obj):
+    write_bytes_atomic(path, json.dumps(obj, indent=1, default=_jsonable).encode())
 
 
 def _jsonable(obj):

@@ -73,16 +73,10 @@ TARGETS = {
 }
 
 
-def _build(name, pair: Pair, batch=None):
+def _build(name, pair: Pair):
     from .. import zoo
 
-    model = zoo.load(name, input_shape=pair.input_shape, classes=pair.classes, **pair.options)
-    if batch is None:
-        return model
-    import keras
-
-    inputs = keras.Input(pair.input_shape, batch_size=batch)
-    return keras.Model(inputs, model(inputs), name=model.name)
+    return zoo.load(name, input_shape=pair.input_shape, classes=pair.classes, **pair.options)
 
 
 def _inputs(pair, batch, seed=0):

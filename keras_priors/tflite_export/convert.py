@@ -14,7 +14,6 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -198,18 +197,6 @@ def inspect(model_content):
                                              "outputs": io(m["outputs"])}
 
 
-def _write_bytes_atomic(path, content):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _versions():
     import importlib.metadata as md
 
@@ -338,7 +325,9 @@ def export(model, path, quantization="none", representative_data=None, target="c
                        f"{report.agreement['criterion']} failed ({report.agreement})")
             notes.append(message)
             warnings.warn(message, stacklevel=2)
-    _write_bytes_atomic(path, content)
+    from ..training import write_bytes_atomic
+
+    write_bytes_atomic(path, content)
     report.save(report_path)
     report.save_markdown(md_path)
     return report

@@ -52,14 +52,14 @@ class ExportReport:
 
     def save(self, path):
         """Write the JSON report atomically."""
-        from ..training import write_json_atomic
+        from ..training import write_bytes_atomic
 
-        write_json_atomic(path, json.loads(self.to_json()))
-        return Path(path)
+        return write_bytes_atomic(path, self.to_json().encode())
 
     def save_markdown(self, path):
-        _write_text_atomic(path, self.to_markdown())
-        return Path(path)
+        from ..training import write_bytes_atomic
+
+        return write_bytes_atomic(path, self.to_markdown().encode())
 
     def to_markdown(self):
         lines = [f"# Export of {self.source}", "",
@@ -138,21 +138,6 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
-
-
-def _write_text_atomic(path, text):
-    import os
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load(path):

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -885,10 +884,8 @@ def tflite_tensor_types(model):
 
 def save_tflite(blob, path):
     """Write TFLite bytes to `path` atomically (temp file + rename); returns the Path."""
+    from ..training import write_bytes_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, blob)
