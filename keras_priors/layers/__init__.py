@@ -6,7 +6,14 @@ registered serializable and describe their inner convolutions through `conv_part
 
 from .base import CompositeHeNormal, ConvPart, StructuredConv
 from .lowrank import PRESETS, LowRankConv, LowRankConv2D, LowRankConv3D, resolve_basis
-from .root import IMPLEMENTATIONS, RootConv, RootConv2D, RootConv3D, choose_implementation
+from .root import (
+                   IMPLEMENTATIONS,
+                   RootConv,
+                   RootConv2D,
+                   RootConv3D,
+                   choose_implementation,
+                   native_grouped_conv,
+)
 
 __all__ = [
     "CompositeHeNormal",
@@ -21,5 +28,6 @@ __all__ = [
     "RootConv3D",
     "StructuredConv",
     "choose_implementation",
+    "native_grouped_conv",
     "resolve_basis",
 ]

@@ -7,7 +7,10 @@ an ungrouped 1x1 that learns the combination (`combine=True`).
 Every implementation reads the same kernel variable, laid out as keras' own grouped conv
 (`(*kernel_size, in_channels // groups, filters)`), so switching `implementation` never
 changes results:
-- "grouped": one conv with groups (what Keras' `Conv2D(groups=g)` runs);
+- "grouped": one grouped conv. On TensorFlow it calls the backend's own grouped conv
+  (oneDNN on CPU, cuDNN on GPU) when a one-time probe finds it works for this rank
+  (`native_grouped_conv`); otherwise it runs what Keras' `Conv2D(groups=g)` runs (an XLA
+  compiled conv on TensorFlow);
 - "split": split the channels, one conv per group, concatenate;
 - "auto": pick per layer what is faster on the running backend and device
   (`choose_implementation`).
@@ -25,6 +28,7 @@ import contextlib
 import functools
 import math
 import re
+import threading
 import warnings
 
 import keras
@@ -62,19 +66,68 @@ def _has_accelerator():
     return any(not d.lower().startswith("cpu") for d in devices)
 
 
-def choose_implementation(groups, backend=None, accelerator=None):
-    """The implementation "auto" runs for a layer with `groups` groups.
+@functools.cache
+def native_grouped_conv(rank):
+    """Whether TensorFlow runs a grouped `rank`-D conv and its gradient natively (without
+    XLA) on the default device, checked once against split + concat on a tiny input.
 
-    Measured (benchmarks/layers.py, docs/layers.md): on CPU with TensorFlow, Keras runs a
-    grouped conv through an XLA path that is 1.2-6x slower than split + concat for every
-    g >= 2; XLA's CPU grouped conv (JAX) behaves the same. On GPUs, cuDNN's grouped conv
-    is the fast path, and torch's CPU kernels handle groups natively.
+    TF 2.21 with oneDNN does so for 2D on CPU; 3D, or 2D with `TF_ENABLE_ONEDNN_OPTS=0`,
+    fails on CPU, and Keras then compiles the conv with XLA, which is slow (docs/layers.md).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    result = []  # a thread of its own: eager, untouched by a graph or tape of the caller's
+    probe = threading.Thread(target=lambda: result.append(_grouped_conv_agrees(rank)))
+    probe.start()
+    probe.join()
+    return bool(result and result[0])
+
+
+def _grouped_conv_agrees(rank):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(1, *(5,) * rank, 4)).astype("float32"))
+    k = tf.constant(rng.normal(size=(*(3,) * rank, 2, 4)).astype("float32"))
+
+    def with_gradients(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = conv()
+            loss = tf.reduce_sum(y * y)
+        return [y, *tape.gradient(loss, [x, k])]
+
+    def split():
+        a, b = tf.split(x, 2, axis=-1)
+        return tf.concat([tf.nn.convolution(a, k[..., :2], padding="SAME"),
+                          tf.nn.convolution(b, k[..., 2:], padding="SAME")], -1)
+
+    try:
+        got = with_gradients(lambda: tf.nn.convolution(x, k, padding="SAME"))
+    except (tf.errors.OpError, ValueError):
+        return False
+    want = with_gradients(split)
+    return all(np.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want))
+
+
+def choose_implementation(groups, backend=None, accelerator=None, rank=2):
+    """The implementation "auto" runs for a `rank`-D layer with `groups` groups.
+
+    Measured (benchmarks/layers.py, docs/layers.md): on CPU with TensorFlow, the native
+    grouped conv (oneDNN, 2D) is 2-10x faster than split + concat, and its gradient too;
+    where TensorFlow has no native grouped conv (3D on CPU), Keras compiles one with XLA,
+    which is slower than split + concat, and its gradient 5-100x slower. XLA's CPU grouped
+    conv (JAX) behaves the same. On GPUs, cuDNN's grouped conv is the fast path, and torch's
+    CPU kernels handle groups natively.
     """
     if groups == 1:
         return "grouped"
     backend = backend or keras.backend.backend()
     accelerator = _has_accelerator() if accelerator is None else accelerator
     if accelerator or backend == "torch":
+        return "grouped"
+    if backend == "tensorflow" and native_grouped_conv(rank):
         return "grouped"
     return "split"
 
@@ -174,7 +227,7 @@ class RootConv(StructuredConv):
         if self.implementation == "auto":
             if self.devices and self.groups > 1:
                 return "split"
-            return choose_implementation(self.groups)
+            return choose_implementation(self.groups, rank=self.rank)
         return self.implementation
 
     def _device(self, index):
@@ -185,10 +238,20 @@ class RootConv(StructuredConv):
 
         return tf.device(self.devices[index % len(self.devices)])
 
+    def _grouped_conv(self, x):
+        """One conv with groups: TensorFlow's own where it has one, else keras.ops.conv."""
+        if (self.groups == 1 or keras.backend.backend() != "tensorflow"
+                or self.data_format != "channels_last" or not native_grouped_conv(self.rank)):
+            return self._conv(x, self.kernel)
+        import tensorflow as tf
+
+        return tf.nn.convolution(x, self.kernel, strides=self.strides,
+                                 padding=self.padding.upper(), dilations=self.dilation_rate)
+
     def _spatial_call(self, x):
         if self.groups == 1 or self.resolved_implementation == "grouped":
             with self._device(0):
-                y = self._conv(x, self.kernel)
+                y = self._grouped_conv(x)
         else:
             fg = self._spatial_width() // self.groups
             pieces = ops.split(x, self.groups, axis=self.channel_axis)

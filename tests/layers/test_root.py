@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_priors.layers import RootConv2D, RootConv3D, choose_implementation
+from keras_priors.layers import RootConv2D, RootConv3D, choose_implementation, native_grouped_conv
 
 from .harness import (
     block_diagonal_kernel,
@@ -82,7 +82,10 @@ def test_weight_layout_is_keras_grouped_conv(rng):
 
 def test_auto_rules():
     assert choose_implementation(1, backend="tensorflow", accelerator=False) == "grouped"
-    assert choose_implementation(4, backend="tensorflow", accelerator=False) == "split"
+    for rank in (2, 3):
+        native = native_grouped_conv(rank)
+        assert choose_implementation(4, backend="tensorflow", accelerator=False, rank=rank) == (
+            "grouped" if native else "split")
     assert choose_implementation(4, backend="jax", accelerator=False) == "split"
     assert choose_implementation(4, backend="tensorflow", accelerator=True) == "grouped"
     assert choose_implementation(4, backend="torch", accelerator=False) == "grouped"
@@ -135,3 +138,43 @@ def test_input_channels_not_divisible_at_build():
     layer = RootConv2D(8, 3, groups=4, name="root_a")
     with pytest.raises(ValueError, match="input channels=6 of layer 'root_a' are not divisible by groups=4"):
         layer.build((None, 8, 8, 6))
+
+
+@pytest.mark.parametrize("kwargs", [dict(strides=2), dict(dilation_rate=2)])
+def test_grouped_and_split_gradients_agree(kwargs, rng):
+    """Training through the grouped path (TensorFlow's native grouped conv where the probe
+    finds one) gives the split path's gradients."""
+    import tensorflow as tf
+
+    x = tf.constant(rng.normal(size=(2, 9, 9, 8)).astype("float32"))
+    grads, weights = {}, None
+    for impl in ("grouped", "split"):
+        layer = RootConv2D(12, 3, groups=4, padding="same", implementation=impl, **kwargs)
+        layer.build(x.shape)
+        if weights is None:
+            set_random_weights(layer)
+            weights = layer.get_weights()
+        layer.set_weights(weights)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        grads[impl] = [g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_variables])]
+    for g, s in zip(grads["grouped"], grads["split"]):
+        np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-4)
+
+
+def test_native_probe_matches_this_tensorflow():
+    """The probe says what TensorFlow on this machine really does: TF 2.21 with oneDNN runs
+    2D grouped convs natively on CPU and 3D ones not at all."""
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        assert not native_grouped_conv(2)
+        return
+    x, k = tf.zeros((1, 5, 5, 4)), tf.zeros((3, 3, 2, 4))
+    try:
+        tf.nn.convolution(x, k, padding="SAME")
+        works = True
+    except tf.errors.OpError:
+        works = False
+    assert native_grouped_conv(2) == works
