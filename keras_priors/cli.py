@@ -13,7 +13,8 @@
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench [models|layers] [--size full|quick|smoke] [--json F] [--compare F]
+    keras-priors bench [models|layers] [--size full|quick|smoke] [--only BASELINE ...]
+                       [--json F] [--compare F]
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ def _bench(args):
     argv += [f"--{k}={v}" for k, v in (("json", args.json), ("compare", args.compare)) if v]
     argv += [f for f, on in (("--no-tflite", args.no_tflite), ("--no-memory", args.no_memory))
              if on]
+    if args.only:
+        argv += ["--only", *args.only]
     return models.main(argv)
 
 
@@ -359,6 +362,8 @@ def build_parser():
                    help="models: input sizes and pairs")
     p.add_argument("--json", help="models: write the results here")
     p.add_argument("--compare", help="models: a saved JSON to compare with")
+    p.add_argument("--only", nargs="+", metavar="BASELINE",
+                   help="models: only the pairs of these baselines, e.g. resnet50 unet3d")
     p.add_argument("--no-tflite", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.set_defaults(func=_bench)

@@ -33,3 +33,12 @@ def test_bench_only_names_known_pairs():
 
     with pytest.raises(ValueError, match=r"only=\['vgg'\] matches no pair of size 'smoke'"):
         models.run("smoke", only=["vgg"])
+
+
+def test_bench_cli_only_runs_those_pairs(capsys, tmp_path):
+    saved = tmp_path / "unet.json"
+    assert cli.main(["bench", "--quick", "--only", "unet3d", "--no-tflite", "--no-memory",
+                     "--json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "| unet3d_lowrank " in out and "nin_root8" not in out
+    assert set(json.loads(saved.read_text())["models"]) == {"unet3d", "unet3d_lowrank"}

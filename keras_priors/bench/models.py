@@ -125,15 +125,16 @@ def _forward(model, x):
 
 
 def tflite_bytes(model, quantization, samples=4):
-    """fp32 or full-integer int8 flatbuffer of `model` (batch 1). 3D models go through the
-    exporter's lowering first (TFLite has no MaxPool3D; the volume is fed as rows). The int8
-    calibration data is random: only speed is measured here, not accuracy."""
+    """fp32 or full-integer int8 flatbuffer of `model` (batch 1), converted from the model
+    the exporter's CPU lowering builds, as `keras-priors export --target cpu` does: root
+    layers become one grouped CONV_2D, low-rank members plain convs, and a 3D volume is fed
+    as rows (TFLite has no 3D pooling). The int8 calibration data is random: only speed is
+    measured here, not accuracy."""
     import tensorflow as tf
 
-    if len(model.input_shape) == 5:
-        from ..tflite_export.lowering import lower
+    from ..tflite_export.lowering import lower
 
-        model = lower(model, "edgetpu").model
+    model = lower(model, "cpu", batch_size=1).model
     shape = (1, *model.input_shape[1:])
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "int8":
