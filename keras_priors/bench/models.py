@@ -96,7 +96,7 @@ def _compile(model):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
 
 
-def keras_times(pair, names, warmup=2, repeats=5):
+def keras_times(pair, names, warmup=2, repeats=5, min_seconds=3.0):
     """{name: {"infer_bs<B>": ms, "train": ms}} on the TF backend, timed round-robin."""
     import tensorflow as tf
 
@@ -105,7 +105,7 @@ def keras_times(pair, names, warmup=2, repeats=5):
     for batch in pair.batches:
         x = tf.constant(_inputs(pair, batch))
         fns = {n: _forward(m, x) for n, m in models.items()}
-        for n, ms in interleaved_median_ms(fns, warmup, repeats).items():
+        for n, ms in interleaved_median_ms(fns, warmup, repeats, min_seconds).items():
             out[n][f"infer_bs{batch}"] = ms
     x = _inputs(pair, pair.train_batch)
     for m in models.values():
@@ -148,7 +148,7 @@ def tflite_bytes(model, quantization, samples=4):
         return converter.convert()
 
 
-def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10):
+def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10, min_seconds=2.0):
     """{name: {"tflite_<fp32|int8>_t<N>": ms, "tflite_<q>_bytes": size}} in the LiteRT
     interpreter (XNNPACK, the default delegate)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -166,7 +166,7 @@ def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10):
                 detail = interp.get_input_details()[0]
                 interp.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
                 fns[n] = interp.invoke
-            for n, ms in interleaved_median_ms(fns, warmup, repeats).items():
+            for n, ms in interleaved_median_ms(fns, warmup, repeats, min_seconds).items():
                 out[n][f"tflite_{quant}_t{t}"] = ms
     return out
 
@@ -217,6 +217,7 @@ def run(size="full", tflite=True, memory=True, progress=print, only=None):
     """All measurements of one size (`only`: baseline names to keep); returns the JSON-able
     results."""
     results = {"size": size, "machine": _machine(), "models": {}, "pairs": []}
+    patience = 0.0 if size == "smoke" else 1.0  # the smoke run checks the plumbing only
     pairs = [p for p in SIZES[size] if not only or p.baseline in only]
     if not pairs:
         raise ValueError(f"only={only!r} matches no pair of size {size!r}; baselines: "
@@ -225,10 +226,10 @@ def run(size="full", tflite=True, memory=True, progress=print, only=None):
         names = (pair.baseline, *pair.structured)
         progress(f"-- {pair.baseline} vs {', '.join(pair.structured)} at {pair.input_shape}")
         rows = {n: complexity_of(n, pair) for n in names}
-        for n, times in keras_times(pair, names).items():
+        for n, times in keras_times(pair, names, min_seconds=3.0 * patience).items():
             rows[n].update(times)
         if tflite:
-            for n, times in tflite_times(pair, names).items():
+            for n, times in tflite_times(pair, names, min_seconds=2.0 * patience).items():
                 rows[n].update(times)
         if memory:
             for n in names:

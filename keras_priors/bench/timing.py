@@ -20,13 +20,18 @@ def median_ms(fn, warmup=3, repeats=10, min_seconds=0.0):
     return statistics.median(times)
 
 
-def interleaved_median_ms(fns, warmup=3, repeats=10):
-    """Median ms of each callable, timed round-robin so machine noise hits all alike."""
+def interleaved_median_ms(fns, warmup=3, repeats=10, min_seconds=0.0, max_repeats=2000):
+    """Median ms of each callable, timed round-robin so machine noise hits all alike: at
+    least `repeats` rounds, and more until `min_seconds` have passed (fast callables get
+    enough samples for a stable median), at most `max_repeats`."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    start, rounds = time.perf_counter(), 0
+    while rounds < repeats or (time.perf_counter() - start < min_seconds
+                               and rounds < max_repeats):
+        rounds += 1
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()

@@ -1,6 +1,7 @@
 """Structured convolutions: low-rank composites and root (filter-group) modules, 2D and 3D.
 
-All layers share one rank-generic base (`StructuredConv`), use `keras.ops` only, are
+All layers share one rank-generic base (`StructuredConv`), use `keras.ops` (and, on
+TensorFlow, its native grouped conv where `native_grouped_conv` finds one), are
 registered serializable and describe their inner convolutions through `conv_parts`.
 """
 
