@@ -13,7 +13,7 @@
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench [models|layers] [--size full|quick|smoke] [--only BASELINE ...]
+    keras-priors bench [models|layers|floor] [--size full|quick|smoke] [--only BASELINE ...]
                        [--json F] [--compare F]
 """
 
@@ -221,6 +221,13 @@ def _bench(args):
         from .bench import layers
 
         return layers.main(["--quick"] if args.quick else [])
+    if args.what == "floor":
+        from .bench import floor
+
+        argv = ["--size", "smoke" if args.quick else args.size]
+        argv += ["--json", args.json] if args.json else []
+        argv += ["--only", *args.only] if args.only else []
+        return floor.main(argv + (["--no-tflite"] if args.no_tflite else []))
     from .bench import models
 
     argv = ["--size", "smoke" if args.quick else args.size]
@@ -356,7 +363,7 @@ def build_parser():
     export_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks that print tables (default: models)")
-    p.add_argument("what", nargs="?", choices=["models", "layers"], default="models")
+    p.add_argument("what", nargs="?", choices=["models", "layers", "floor"], default="models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
                    help="models: input sizes and pairs")

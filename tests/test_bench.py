@@ -42,3 +42,23 @@ def test_bench_cli_only_runs_those_pairs(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| unet3d_lowrank " in out and "nin_root8" not in out
     assert set(json.loads(saved.read_text())["models"]) == {"unet3d", "unet3d_lowrank"}
+
+
+def test_floor_model_keeps_shapes_and_first_conv():
+    from keras_priors import zoo
+    from keras_priors.bench.floor import floor_model
+    from keras_priors.complexity import profile
+
+    net = zoo.load("unet3d", input_shape=(16, 16, 16, 2), classes=2, widths=(4, 8))
+    low = floor_model(net)
+    kernels = [tuple(layer.kernel_size) for layer in low.layers if hasattr(layer, "kernel_size")]
+    assert kernels[0] == (3, 3, 3) and set(kernels[1:]) == {(1, 1, 1)}
+    assert low.output_shape == net.output_shape
+    assert profile(low, verbose=False).total_macs < 0.3 * profile(net, verbose=False).total_macs
+
+
+def test_bench_floor_cli_smoke(capsys):
+    assert cli.main(["bench", "floor", "--quick", "--only", "unet3d", "--no-tflite"]) == 0
+    out = capsys.readouterr().out
+    assert "| unet3d_floor " in out and "| unet3d_lowrank " in out
+    assert "keras yes" in out or "keras NO" in out

@@ -96,11 +96,12 @@ def _compile(model):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
 
 
-def keras_times(pair, names, warmup=2, repeats=5, min_seconds=3.0):
-    """{name: {"infer_bs<B>": ms, "train": ms}} on the TF backend, timed round-robin."""
+def keras_times(pair, names, warmup=2, repeats=5, min_seconds=3.0, build=None):
+    """{name: {"infer_bs<B>": ms, "train": ms}} on the TF backend, timed round-robin.
+    `build(name, pair)` makes each model (default: the zoo's)."""
     import tensorflow as tf
 
-    models = {n: _build(n, pair) for n in names}
+    models = {n: (build or _build)(n, pair) for n in names}
     out = {n: {} for n in names}
     for batch in pair.batches:
         x = tf.constant(_inputs(pair, batch))
@@ -148,14 +149,15 @@ def tflite_bytes(model, quantization, samples=4):
         return converter.convert()
 
 
-def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10, min_seconds=2.0):
+def tflite_times(pair, names, threads=(1, 2), warmup=3, repeats=10, min_seconds=2.0,
+                 build=None):
     """{name: {"tflite_<fp32|int8>_t<N>": ms, "tflite_<q>_bytes": size}} in the LiteRT
     interpreter (XNNPACK, the default delegate)."""
     from ai_edge_litert.interpreter import Interpreter
 
     out = {n: {} for n in names}
     for quant in ("fp32", "int8"):
-        blobs = {n: tflite_bytes(_build(n, pair), quant) for n in names}
+        blobs = {n: tflite_bytes((build or _build)(n, pair), quant) for n in names}
         for n, blob in blobs.items():
             out[n][f"tflite_{quant}_bytes"] = len(blob)
         for t in threads:
@@ -206,10 +208,10 @@ def import_times(repeats=5):
     return out
 
 
-def complexity_of(name, pair):
+def complexity_of(name, pair, build=None):
     from .. import complexity
 
-    prof = complexity.profile(_build(name, pair), verbose=False)
+    prof = complexity.profile((build or _build)(name, pair), verbose=False)
     return {"macs": prof.total_macs, "params": prof.total_params}
 
 
