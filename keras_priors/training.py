@@ -84,12 +84,16 @@ class TrainConfig:
 # --------------------------------------------------------------------------- io
 def write_bytes_atomic(path, data: bytes):
     """Write `data` to `path` through a temporary file in the same folder (no partial file
-    is ever visible under `path`)."""
+    is ever visible under `path`), with the permissions a plain `open(path, "wb")` gives
+    (mkstemp's own are owner-only)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -98,7 +102,7 @@ def write_bytes_atomic(path, data: bytes):
 
 
 def write_json_atomic(path, obj):
-    write_bytes_atomic(path, json.dumps(obj, indent=1, default=_jsonable).encode())
+    return write_bytes_atomic(path, json.dumps(obj, indent=1, default=_jsonable).encode())
 
 
 def _jsonable(obj):

@@ -145,3 +145,19 @@ def test_mixed_precision_run(tmp_path):
     assert model.get_layer("conv2a").compute_dtype in ("bfloat16", "float16")
     assert model.output.dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    """Outputs written through a temporary file are readable as a plain open() would make
+    them, not owner-only as mkstemp leaves them."""
+    import os
+
+    from keras_priors.training import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        out = write_json_atomic(tmp_path / "r.json", {"a": 1})
+        assert (out.stat().st_mode & 0o777) == 0o644
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        os.umask(umask)
