@@ -67,29 +67,30 @@ def _has_accelerator():
 
 
 @functools.cache
-def native_grouped_conv(rank):
+def native_grouped_conv(rank, dtype="float32"):
     """Whether TensorFlow runs a grouped `rank`-D conv and its gradient natively (without
-    XLA) on the default device, checked once against split + concat on a tiny input.
+    XLA) in `dtype` on the default device, checked once against split + concat on a tiny
+    input.
 
-    TF 2.21 with oneDNN does so for 2D on CPU; 3D, or 2D with `TF_ENABLE_ONEDNN_OPTS=0`,
-    fails on CPU, and Keras then compiles the conv with XLA, which is slow (docs/layers.md).
+    TF 2.21 with oneDNN does so for 2D float32 on CPU; 3D, float64, or 2D with
+    `TF_ENABLE_ONEDNN_OPTS=0` fail on CPU, and Keras then compiles the conv with XLA, which is slow (docs/layers.md).
     """
     if keras.backend.backend() != "tensorflow":
         return False
     result = []  # a thread of its own: eager, untouched by a graph or tape of the caller's
-    probe = threading.Thread(target=lambda: result.append(_grouped_conv_agrees(rank)))
+    probe = threading.Thread(target=lambda: result.append(_grouped_conv_agrees(rank, dtype)))
     probe.start()
     probe.join()
     return bool(result and result[0])
 
 
-def _grouped_conv_agrees(rank):
+def _grouped_conv_agrees(rank, dtype):
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(1, *(5,) * rank, 4)).astype("float32"))
-    k = tf.constant(rng.normal(size=(*(3,) * rank, 2, 4)).astype("float32"))
+    x = tf.constant(rng.normal(size=(1, *(5,) * rank, 4)), dtype=dtype)
+    k = tf.constant(rng.normal(size=(*(3,) * rank, 2, 4)), dtype=dtype)
 
     def with_gradients(conv):
         with tf.GradientTape() as tape:
@@ -108,14 +109,22 @@ def _grouped_conv_agrees(rank):
     except (tf.errors.OpError, ValueError):
         return False
     want = with_gradients(split)
-    return all(np.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want))
+    tol = 1e-2 if dtype in ("float16", "bfloat16") else 1e-4
+    return all(np.allclose(np.asarray(g, "float64"), np.asarray(w, "float64"), rtol=tol, atol=tol)
+               for g, w in zip(got, want))
 
 
-def choose_implementation(groups, backend=None, accelerator=None, rank=2):
+def _native_here(rank, dtype="float32"):
+    """`native_grouped_conv(rank, dtype)` for the computation dtype of a layer."""
+    return native_grouped_conv(rank, keras.backend.standardize_dtype(dtype))
+
+
+def choose_implementation(groups, backend=None, accelerator=None, rank=2, dtype="float32"):
     """The implementation "auto" runs for a `rank`-D layer with `groups` groups.
 
     Measured (benchmarks/layers.py, docs/layers.md): on CPU with TensorFlow, the native
-    grouped conv (oneDNN, 2D) is 2-10x faster than split + concat, and its gradient too;
+    grouped conv (oneDNN, 2D float32) is 2-10x faster than split + concat, and its gradient
+    too;
     where TensorFlow has no native grouped conv (3D on CPU), Keras compiles one with XLA,
     which is slower than split + concat, and its gradient 5-100x slower. XLA's CPU grouped
     conv (JAX) behaves the same. On GPUs, cuDNN's grouped conv is the fast path, and torch's
@@ -127,7 +136,7 @@ def choose_implementation(groups, backend=None, accelerator=None, rank=2):
     accelerator = _has_accelerator() if accelerator is None else accelerator
     if accelerator or backend == "torch":
         return "grouped"
-    if backend == "tensorflow" and native_grouped_conv(rank):
+    if backend == "tensorflow" and _native_here(rank, dtype):
         return "grouped"
     return "split"
 
@@ -227,7 +236,7 @@ class RootConv(StructuredConv):
         if self.implementation == "auto":
             if self.devices and self.groups > 1:
                 return "split"
-            return choose_implementation(self.groups, rank=self.rank)
+            return choose_implementation(self.groups, rank=self.rank, dtype=self.compute_dtype)
         return self.implementation
 
     def _device(self, index):
@@ -241,7 +250,8 @@ class RootConv(StructuredConv):
     def _grouped_conv(self, x):
         """One conv with groups: TensorFlow's own where it has one, else keras.ops.conv."""
         if (self.groups == 1 or keras.backend.backend() != "tensorflow"
-                or self.data_format != "channels_last" or not native_grouped_conv(self.rank)):
+                or self.data_format != "channels_last"
+                or not _native_here(self.rank, x.dtype)):
             return self._conv(x, self.kernel)
         import tensorflow as tf
 

@@ -178,3 +178,18 @@ def test_native_probe_matches_this_tensorflow():
     except tf.errors.OpError:
         works = False
     assert native_grouped_conv(2) == works
+
+
+def test_float64_falls_back_where_tensorflow_has_no_native_kernel(rng):
+    """oneDNN has no float64 convs: a float64 root layer takes the portable path and still
+    trains (the gradient of TensorFlow's own grouped conv would fail there)."""
+    import tensorflow as tf
+
+    layer = RootConv2D(8, 3, groups=4, padding="same", dtype="float64")
+    x = tf.constant(rng.normal(size=(1, 6, 6, 8)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) ** 2)
+    assert tape.gradient(loss, x).dtype == tf.float64
+    if not native_grouped_conv(2, "float64"):
+        assert layer.resolved_implementation == "split"
