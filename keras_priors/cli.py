@@ -221,21 +221,16 @@ def _bench(args):
         from .bench import layers
 
         return layers.main(["--quick"] if args.quick else [])
-    if args.what == "floor":
-        from .bench import floor
-
-        argv = ["--size", "smoke" if args.quick else args.size]
-        argv += ["--json", args.json] if args.json else []
-        argv += ["--only", *args.only] if args.only else []
-        return floor.main(argv + (["--no-tflite"] if args.no_tflite else []))
-    from .bench import models
+    from .bench import floor, models
 
     argv = ["--size", "smoke" if args.quick else args.size]
-    argv += [f"--{k}={v}" for k, v in (("json", args.json), ("compare", args.compare)) if v]
-    argv += [f for f, on in (("--no-tflite", args.no_tflite), ("--no-memory", args.no_memory))
-             if on]
-    if args.only:
-        argv += ["--only", *args.only]
+    argv += ["--json", args.json] if args.json else []
+    argv += ["--only", *args.only] if args.only else []
+    argv += ["--no-tflite"] if args.no_tflite else []
+    if args.what == "floor":
+        return floor.main(argv)
+    argv += ["--compare", args.compare] if args.compare else []
+    argv += ["--no-memory"] if args.no_memory else []
     return models.main(argv)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from . import models
@@ -66,27 +67,12 @@ def _build(name, pair):
 
 def run(size="quick", tflite=True, only=None, progress=print):
     """{"size", "pairs", "models": {name: measurements}} with `<baseline>_floor` added."""
-    pairs = [p for p in models.SIZES[size] if not only or p.baseline in only]
-    if not pairs:
-        raise ValueError(f"only={only!r} matches no pair of size {size!r}; baselines: "
-                         f"{[p.baseline for p in models.SIZES[size]]}")
-    patience = 0.0 if size == "smoke" else 1.0
     results = {"size": size, "machine": models._machine(), "pairs": [], "models": {}}
-    for pair in pairs:
+    for pair in models.select_pairs(size, only):
         names = (pair.baseline, *pair.structured, pair.baseline + SUFFIX)
         progress(f"-- {', '.join(names)} at {pair.input_shape}")
-        rows = {n: models.complexity_of(n, pair, build=_build) for n in names}
-        for n, t in models.keras_times(pair, names, min_seconds=3.0 * patience,
-                                       build=_build).items():
-            rows[n].update(t)
-        if tflite:
-            for n, t in models.tflite_times(pair, names, min_seconds=2.0 * patience,
-                                            build=_build).items():
-                rows[n].update(t)
-        results["models"].update(rows)
-        results["pairs"].append({"baseline": pair.baseline, "structured": list(pair.structured),
-                                 "batches": list(pair.batches),
-                                 "input_shape": list(pair.input_shape)})
+        results["models"].update(models.measure(pair, names, size, tflite, build=_build))
+        results["pairs"].append(asdict(pair))
     return results
 
 
@@ -108,9 +94,9 @@ def table(results):
                 cells.append("-")
             else:
                 f = {k: floor[k] / base[k] for k in keys}
-                keras_ok = all(f[k] <= 1.25 * r["macs"] for k in keys[:3])
+                keras_ok = all(f[k] <= models.KERAS_FACTOR * r["macs"] for k in keys[:3])
                 int8 = [k for k in keys if k.startswith("tflite_int8")]
-                int8_ok = all(f[k] <= 1.1 * r["macs"] for k in int8)
+                int8_ok = all(f[k] <= models.INT8_FACTOR * r["macs"] for k in int8)
                 cells.append(f"keras {'yes' if keras_ok else 'NO'}"
                              + (f", int8 {'yes' if int8_ok else 'NO'}" if int8 else ""))
             rows.append(cells)

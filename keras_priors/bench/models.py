@@ -65,6 +65,7 @@ SIZES = {
 }
 
 # Targets (structured / baseline ratios), from the project's performance issue.
+INT8_FACTOR, KERAS_FACTOR = 1.1, 1.25  # allowed time ratio per MACs ratio
 TARGETS = {
     "tflite_int8": "int8 time ratio <= 1.1 x MACs ratio",
     "keras": "Keras TF-CPU inference and training step: time ratio <= 1 and <= 1.25 x MACs ratio",
@@ -215,24 +216,37 @@ def complexity_of(name, pair, build=None):
     return {"macs": prof.total_macs, "params": prof.total_params}
 
 
-def run(size="full", tflite=True, memory=True, progress=print, only=None):
-    """All measurements of one size (`only`: baseline names to keep); returns the JSON-able
-    results."""
-    results = {"size": size, "machine": _machine(), "models": {}, "pairs": []}
-    patience = 0.0 if size == "smoke" else 1.0  # the smoke run checks the plumbing only
+def select_pairs(size, only=None):
+    """The pairs of `size`, or those whose baseline is in `only`."""
     pairs = [p for p in SIZES[size] if not only or p.baseline in only]
     if not pairs:
         raise ValueError(f"only={only!r} matches no pair of size {size!r}; baselines: "
                          f"{[p.baseline for p in SIZES[size]]}")
-    for pair in pairs:
+    return pairs
+
+
+def measure(pair, names, size, tflite=True, build=None):
+    """{name: MACs, params, Keras and (with `tflite`) TFLite times} for one pair, timed side
+    by side; the smoke size times a few rounds only (it checks the plumbing)."""
+    patience = 0.0 if size == "smoke" else 1.0
+    rows = {n: complexity_of(n, pair, build) for n in names}
+    for n, times in keras_times(pair, names, min_seconds=3.0 * patience, build=build).items():
+        rows[n].update(times)
+    if tflite:
+        for n, times in tflite_times(pair, names, min_seconds=2.0 * patience,
+                                     build=build).items():
+            rows[n].update(times)
+    return rows
+
+
+def run(size="full", tflite=True, memory=True, progress=print, only=None):
+    """All measurements of one size (`only`: baseline names to keep); returns the JSON-able
+    results."""
+    results = {"size": size, "machine": _machine(), "models": {}, "pairs": []}
+    for pair in select_pairs(size, only):
         names = (pair.baseline, *pair.structured)
         progress(f"-- {pair.baseline} vs {', '.join(pair.structured)} at {pair.input_shape}")
-        rows = {n: complexity_of(n, pair) for n in names}
-        for n, times in keras_times(pair, names, min_seconds=3.0 * patience).items():
-            rows[n].update(times)
-        if tflite:
-            for n, times in tflite_times(pair, names, min_seconds=2.0 * patience).items():
-                rows[n].update(times)
+        rows = measure(pair, names, size, tflite)
         if memory:
             for n in names:
                 rows[n]["peak_training_mb"] = _memory_in_subprocess(n, pair)
@@ -275,9 +289,11 @@ def check_targets(results):
     for pair, name, r in ratios(results):
         macs = r["macs"]
         if "tflite_int8_t2" in r:
-            met["tflite_int8"][name] = all(r[f"tflite_int8_t{t}"] <= 1.1 * macs for t in (1, 2))
+            met["tflite_int8"][name] = all(r[f"tflite_int8_t{t}"] <= INT8_FACTOR * macs
+                                            for t in (1, 2))
         keras_keys = [k for k in r if k.startswith("infer_bs") or k == "train"]
-        met["keras"][name] = all(r[k] <= 1 and r[k] <= 1.25 * macs for k in keras_keys)
+        met["keras"][name] = all(r[k] <= 1 and r[k] <= KERAS_FACTOR * macs
+                                      for k in keras_keys)
         if pair["baseline"] == "unet3d" and "peak_training_mb" in r:
             met["memory"][name] = r["peak_training_mb"] <= 0.5
     imp = results.get("import_seconds")

@@ -8,12 +8,12 @@ registered serializable and describe their inner convolutions through `conv_part
 from .base import CompositeHeNormal, ConvPart, StructuredConv
 from .lowrank import PRESETS, LowRankConv, LowRankConv2D, LowRankConv3D, resolve_basis
 from .root import (
-                   IMPLEMENTATIONS,
-                   RootConv,
-                   RootConv2D,
-                   RootConv3D,
-                   choose_implementation,
-                   native_grouped_conv,
+    IMPLEMENTATIONS,
+    RootConv,
+    RootConv2D,
+    RootConv3D,
+    choose_implementation,
+    native_grouped_conv,
 )
 
 __all__ = [

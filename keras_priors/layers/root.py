@@ -72,8 +72,9 @@ def native_grouped_conv(rank, dtype="float32"):
     XLA) in `dtype` on the default device, checked once against split + concat on a tiny
     input.
 
-    TF 2.21 with oneDNN does so for 2D float32 on CPU; 3D, float64, or 2D with
-    `TF_ENABLE_ONEDNN_OPTS=0` fail on CPU, and Keras then compiles the conv with XLA, which is slow (docs/layers.md).
+    TF 2.21 with oneDNN does so for 2D float32 and bfloat16 on CPU; 3D, float64, or
+    `TF_ENABLE_ONEDNN_OPTS=0` fail there, and the layer keeps its portable paths
+    (docs/layers.md).
     """
     if keras.backend.backend() != "tensorflow":
         return False
@@ -124,8 +125,7 @@ def choose_implementation(groups, backend=None, accelerator=None, rank=2, dtype=
 
     Measured (benchmarks/layers.py, docs/layers.md): on CPU with TensorFlow, the native
     grouped conv (oneDNN, 2D float32) is 2-10x faster than split + concat, and its gradient
-    too;
-    where TensorFlow has no native grouped conv (3D on CPU), Keras compiles one with XLA,
+    too; where TensorFlow has no native grouped conv (3D on CPU), Keras compiles one with XLA,
     which is slower than split + concat, and its gradient 5-100x slower. XLA's CPU grouped
     conv (JAX) behaves the same. On GPUs, cuDNN's grouped conv is the fast path, and torch's
     CPU kernels handle groups natively.
@@ -301,7 +301,7 @@ class RootConv2D(RootConv):
 
     >>> import numpy as np
     >>> layer = RootConv2D(64, 3, groups=8, padding="same", activation="relu")
-    >>> layer(np.zeros((1, 28, 28, 32), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 28, 28, 32), "float32")).shape)
     (1, 28, 28, 64)
     """
 
@@ -315,7 +315,7 @@ class RootConv3D(RootConv):
 
     >>> import numpy as np
     >>> layer = RootConv3D(16, 3, groups=4, padding="same")
-    >>> layer(np.zeros((1, 8, 8, 8, 8), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 8, 8, 8, 8), "float32")).shape)
     (1, 8, 8, 8, 16)
     """
 
