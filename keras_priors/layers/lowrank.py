@@ -414,7 +414,7 @@ class LowRankConv2D(LowRankConv):
 
     >>> import numpy as np
     >>> layer = LowRankConv2D(64, 3, basis="lr_join", padding="same", activation="relu")
-    >>> layer(np.zeros((1, 32, 32, 16), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 32, 32, 16), "float32")).shape)
     (1, 32, 32, 64)
     >>> custom = LowRankConv2D(48, basis=[("5x1", 16), ("1x5", 16), ("3x3", 16)])
     """
@@ -434,7 +434,7 @@ class LowRankConv3D(LowRankConv):
 
     >>> import numpy as np
     >>> layer = LowRankConv3D(24, 3, basis="lr_join", padding="same")
-    >>> layer(np.zeros((1, 8, 8, 8, 4), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 8, 8, 8, 4), "float32")).shape)
     (1, 8, 8, 8, 24)
     """
 
