@@ -24,15 +24,7 @@ import json
 import os
 import sys
 
-
-def _shape(text):
-    try:
-        shape = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,W,C integers, received {text!r}") from None
-    if len(shape) != 3 or min(shape) <= 0:
-        raise argparse.ArgumentTypeError(f"expected three positive integers H,W,C, received {text!r}")
-    return shape
+from . import argtypes
 
 
 def _zoo_list(args):
@@ -157,27 +149,12 @@ def _train(args):
     cfg = training.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         result = training.fit(cfg, args.out, resume=args.resume,
-                              verbose="auto" if not args.quiet else 0, strategy=_strategy(args))
+                              verbose="auto" if not args.quiet else 0, strategy=argtypes.strategy(args))
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     print(json.dumps(result, indent=1, default=str))
     return 0
-
-
-def _strategy(args):
-    """The tf.distribute strategy of --strategy (set up before anything creates a tensor)."""
-    from . import distribute
-
-    return distribute.get_strategy(args.strategy, logical_cpus=args.logical_cpus)
-
-
-def _add_strategy_args(p):
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
-                   default="default",
-                   help="tf.distribute strategy (docs/scaling.md); --batch-size is the global batch")
-    p.add_argument("--logical-cpus", type=int, default=None,
-                   help="split the CPU into N logical devices (--strategy mirrored without GPUs)")
 
 
 def _evaluate(args):
@@ -186,33 +163,6 @@ def _evaluate(args):
     result = training.evaluate(args.model, args.weights, args.data, args.data_dir,
                                args.limit_test, width=args.width)
     print(json.dumps(result, indent=1, default=str))
-    return 0
-
-
-def _seg(args):
-    from .volumetric import synthetic
-    from .volumetric import train as seg
-
-    if args.seg_command == "synth":
-        folders = synthetic.write_cases(args.out, n=args.cases, seed=args.seed,
-                                        downsample=args.downsample)
-        print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
-        return 0
-    if args.seg_command == "train":
-        fields = seg.SegConfig.__dataclass_fields__
-        cfg = seg.SegConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-        result = seg.fit_segmentation(cfg, args.out, resume=args.resume,
-                                      verbose=0 if args.quiet else "auto",
-                                      strategy=_strategy(args))
-        print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
-        return 0
-    if args.seg_command == "predict":
-        seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force,
-                    weights=args.weights)
-        return 0
-    result = seg.evaluate_predictions(args.pred, args.data, args.layout)
-    print(json.dumps(result if args.per_case else
-                     {k: v for k, v in result.items() if k != "per_case"}, indent=1))
     return 0
 
 
@@ -256,7 +206,7 @@ def build_parser():
     p.set_defaults(func=_zoo_info)
     p = zoo.add_parser("profile", help="per-layer params and MACs")
     p.add_argument("name")
-    p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C")
+    p.add_argument("--input-shape", type=argtypes.image_shape, default=None, help="H,W,C")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_zoo_profile)
     p = zoo.add_parser("predict", help="classify images with a pretrained model")
@@ -288,7 +238,7 @@ def build_parser():
     p.add_argument("--limit-train", type=int, default=None, help="use the first N examples")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_strategy_args(p)
+    argtypes.add_strategy_args(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="test accuracy, loss, MACs and params as JSON")
@@ -300,57 +250,13 @@ def build_parser():
     p.add_argument("--width", type=float, default=None)
     p.set_defaults(func=_evaluate)
 
-    seg = sub.add_parser("seg", help="3D segmentation on NIfTI volumes").add_subparsers(
-        dest="seg_command", required=True)
-    p = seg.add_parser("synth", help="write synthetic BraTS 2021 cases on real anatomy")
-    p.add_argument("out")
-    p.add_argument("--cases", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--downsample", type=int, default=2, help="1 = 1 mm, 2 = 2 mm voxels")
-    p.set_defaults(func=_seg)
-    p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
-    p.add_argument("--data", required=True)
-    p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
-                                                         "brats2023", "msd", "manifest"])
-    p.add_argument("--model", default="unet3d_lowrank")
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--patch", type=int, nargs=3, default=None)
-    p.add_argument("--widths", type=int, nargs="+", default=None)
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--val-fraction", type=float, default=None)
-    p.add_argument("--foreground", type=float, default=None,
-                   help="share of patches centred on a foreground voxel (default 0.5)")
-    p.add_argument("--rotate", type=float, default=None, help="max axial rotation, degrees")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
-    p.add_argument("--quiet", action="store_true")
-    _add_strategy_args(p)
-    p.set_defaults(func=_seg)
-    p = seg.add_parser("predict", help="label maps for a case or a dataset")
-    p.add_argument("--model", required=True,
-                   help="a training output folder, or a zoo model name with --weights")
-    p.add_argument("--weights", default=None,
-                   help="weights tag of a zoo model, e.g. synthetic_brats")
-    p.add_argument("--input", required=True, help="a case folder or a dataset folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--layout", default="auto")
-    p.add_argument("--force", action="store_true", help="replace existing predictions")
-    p.set_defaults(func=_seg)
-    p = seg.add_parser("evaluate", help="Dice / HD95 of predictions against labels")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--layout", default="auto")
-    p.add_argument("--per-case", action="store_true")
-    p.set_defaults(func=_seg)
+    from .volumetric import cli as seg_cli
+
+    seg_cli.add_parser(sub)
 
     p = sub.add_parser("profile", help="params and MACs of a saved .keras model or zoo name")
     p.add_argument("model")
-    p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C (zoo names)")
+    p.add_argument("--input-shape", type=argtypes.image_shape, default=None, help="H,W,C (zoo names)")
     p.set_defaults(func=_profile)
 
     from .tflite_export import cli as export_cli

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import complexity, zoo
+from . import complexity, io, zoo
 from . import data as data_lib
 from . import layers as _layers  # noqa: F401  (registers the layers checkpoints contain)
 
@@ -79,67 +77,6 @@ class TrainConfig:
         if self.weight_decay is not None:
             return self.weight_decay
         return 5e-4 if self.optimizer == "sgd" else 0.05
-
-
-# --------------------------------------------------------------------------- io
-def write_bytes_atomic(path, data: bytes):
-    """Write `data` to `path` through a temporary file in the same folder (no partial file
-    is ever visible under `path`), with the permissions a plain `open(path, "wb")` gives
-    (mkstemp's own are owner-only)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_json_atomic(path, obj):
-    return write_bytes_atomic(path, json.dumps(obj, indent=1, default=_jsonable).encode())
-
-
-def _jsonable(obj):
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def save_model_atomic(model, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_weights_atomic(model, path):
-    """`model.save_weights` through a temporary file in the same folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------- model, optimizer
@@ -256,13 +193,13 @@ class RunKeeper(keras.callbacks.Callback):
             return
         previous = checkpoint_path(self.out, self.state)
         name = f"checkpoint-epoch{epoch + 1:04d}.keras"
-        save_model_atomic(self.model, self.out / name)
+        io.save_model(self.model, self.out / name)
         self.state["checkpoint"] = name
         self.state["rng"] = rng_states(self.model)
         self.state["epoch"] = epoch + 1
         self.state["train_seconds"] += time.perf_counter() - self._t0
         self.state["history"].append({k: float(v) for k, v in (logs or {}).items()})
-        write_json_atomic(self.out / "state.json", self.state)  # the commit point
+        io.write_json(self.out / "state.json", self.state)  # the commit point
         if previous is not None and previous.name != name and previous.exists():
             previous.unlink()
 
@@ -274,13 +211,13 @@ def check_run_folder(out: Path, cfg, resume: bool):
     existing = [f for f in FILES if (out / f).exists()] + sorted(
         p.name for p in out.glob("checkpoint-epoch*.keras"))
     if resume:
-        state = _read_json(out / "state.json") if (out / "state.json").exists() else {}
+        state = io.read_json(out / "state.json") if (out / "state.json").exists() else {}
         ckpt = checkpoint_path(out, state)
         if ckpt is None or not ckpt.exists():
             if existing:
                 raise ValueError(f"--resume: {out} has no completed epoch to resume from")
             return None  # nothing to resume: a fresh start
-        saved = _read_json(out / "config.json")
+        saved = io.read_json(out / "config.json")
         mismatched = {k: (saved.get(k), v) for k, v in asdict(cfg).items()
                       if k not in ("epochs",) and saved.get(k) != _jsonable_value(v)}
         if mismatched:
@@ -288,7 +225,7 @@ def check_run_folder(out: Path, cfg, resume: bool):
                 f"--resume: {out} holds a run with a different configuration "
                 f"(saved vs now: {mismatched}); use another --out folder"
             )
-        return _read_json(out / "state.json")
+        return io.read_json(out / "state.json")
     if existing:
         raise ValueError(
             f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
@@ -298,7 +235,7 @@ def check_run_folder(out: Path, cfg, resume: bool):
 
 
 def _jsonable_value(v):
-    return json.loads(json.dumps(v, default=_jsonable))
+    return json.loads(json.dumps(v, default=io.jsonable))
 
 
 def open_run(out: Path, cfg, resume, strategy):
@@ -354,8 +291,8 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
             compile_model(model, cfg, steps)
             if state is None:
                 state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
-                write_json_atomic(writes.path / "config.json", asdict(cfg))
-                write_json_atomic(writes.path / "state.json", state)
+                io.write_json(writes.path / "config.json", asdict(cfg))
+                io.write_json(writes.path / "state.json", state)
             else:
                 restore_checkpoint(model, checkpoint_path(out, state), state.get("rng"))
         keeper = RunKeeper(writes.path, state)
@@ -379,7 +316,7 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
         if keeper.bad_loss is not None:
             state["status"] = "stopped: non-finite loss"
             state["bad_loss"] = keeper.bad_loss
-            write_json_atomic(writes.path / "state.json", state)
+            io.write_json(writes.path / "state.json", state)
             kept = checkpoint_path(out, state)
             raise FloatingPointError(
                 f"loss became {keeper.bad_loss['loss']} at epoch {keeper.bad_loss['epoch']} "
@@ -392,10 +329,10 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
         if distributed:
             extra["replicas"] = strategy.num_replicas_in_sync
         result = report(model, data, cfg.model, extra=extra, local=distributed)
-        save_weights_atomic(model, writes.path / "weights.weights.h5")
+        io.save_weights(model, writes.path / "weights.weights.h5")
         state["status"] = "completed"
-        write_json_atomic(writes.path / "state.json", state)
-        write_json_atomic(writes.path / "result.json", result)
+        io.write_json(writes.path / "state.json", state)
+        io.write_json(writes.path / "result.json", result)
         return result
     finally:
         keras.mixed_precision.set_global_policy("float32")

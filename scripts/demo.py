@@ -93,8 +93,8 @@ def volumetric_demo():
     import tempfile
     from pathlib import Path
 
+    from keras_priors import volumetric as seg
     from keras_priors.volumetric import synthetic
-    from keras_priors.volumetric import train as seg
 
     print("\n== 5. 3D segmentation on NIfTI: synthetic lesions on real anatomy (not clinical)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -92,7 +92,7 @@ def run_dir(task, model):
 
 
 def train():
-    from keras_priors.volumetric import train as seg
+    from keras_priors import volumetric as seg
 
     for task, settings in TASKS.items():
         data = WORK / "data" / task

@@ -59,9 +59,8 @@ def main(argv=None):
     args = parse_args(argv)
     import numpy as np
 
-    from keras_priors import data, zoo
+    from keras_priors import data, io, zoo
     from keras_priors.tflite_export import tfmot_bridge as tb
-    from keras_priors.training import write_json_atomic
     from keras_priors.zoo.imagenet import PREPROCESSING
 
     t_start = time.perf_counter()
@@ -148,7 +147,7 @@ def main(argv=None):
 
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "results.json", results)
+    io.write_json(args.out / "results.json", results)
     print_tables(results, len(x_test))
 
 

@@ -226,7 +226,7 @@ from keras_priors import distribute
 if args["strategy"] == "mirrored":
     distribute.configure_logical_cpus(2)
 import numpy as np
-from keras_priors.volumetric import train as seg
+from keras_priors import volumetric as seg
 cfg = seg.SegConfig(data=args["data"], patch=(16, 16, 16), widths=(8, 16), epochs=1,
                     steps_per_epoch=2, val_fraction=0.34, batch_size=2)
 result = seg.fit_segmentation(cfg, args["out"], verbose=0, strategy=args["strategy"],

@@ -152,11 +152,11 @@ def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
     them, not owner-only as mkstemp leaves them."""
     import os
 
-    from keras_priors.training import write_json_atomic
+    from keras_priors import io
 
     umask = os.umask(0o022)
     try:
-        out = write_json_atomic(tmp_path / "r.json", {"a": 1})
+        out = io.write_json(tmp_path / "r.json", {"a": 1})
         assert (out.stat().st_mode & 0o777) == 0o644
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     finally:

@@ -120,9 +120,9 @@ def main(argv=None):
                   progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(table(results))
     if args.json:
-        from ..training import write_json_atomic
+        from .. import io
 
-        write_json_atomic(Path(args.json), results)
+        io.write_json(Path(args.json), results)
     return 0
 
 

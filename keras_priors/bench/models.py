@@ -386,9 +386,9 @@ def main(argv=None):
     if args.compare:
         print("\n" + compare(results, json.loads(Path(args.compare).read_text())))
     if args.json:
-        from ..training import write_json_atomic
+        from .. import io
 
-        write_json_atomic(Path(args.json), results)
+        io.write_json(Path(args.json), results)
     return 0
 
 

@@ -16,17 +16,7 @@ import json
 import os
 import sys
 
-
-def _shape(text):
-    try:
-        shape = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,32,3, "
-                                         f"received {text!r}") from None
-    if len(shape) not in (3, 4) or min(shape) <= 0:
-        raise argparse.ArgumentTypeError(f"expected H,W,C or D,H,W,C positive integers, "
-                                         f"received {text!r}")
-    return shape
+from .. import argtypes
 
 
 def add_parser(subparsers):
@@ -47,7 +37,7 @@ def add_parser(subparsers):
     p.add_argument("--verify-data", default=None,
                    help="data for the agreement check (same forms as --calib)")
     p.add_argument("--verify-samples", type=int, default=64)
-    p.add_argument("--input-shape", type=_shape, default=None, help="H,W,C or D,H,W,C (zoo names)")
+    p.add_argument("--input-shape", type=argtypes.shape, default=None, help="H,W,C or D,H,W,C (zoo names)")
     p.add_argument("--weights", default=None, help="a weight tag or weights file (zoo names)")
     p.add_argument("--classes", type=int, default=None)
     p.add_argument("--width", type=float, default=None,

@@ -325,9 +325,9 @@ def export(model, path, quantization="none", representative_data=None, target="c
                        f"{report.agreement['criterion']} failed ({report.agreement})")
             notes.append(message)
             warnings.warn(message, stacklevel=2)
-    from ..training import write_bytes_atomic
+    from .. import io
 
-    write_bytes_atomic(path, content)
+    io.write_bytes(path, content)
     report.save(report_path)
     report.save_markdown(md_path)
     return report

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import io
+
 
 @dataclass
 class ExportReport:
@@ -48,18 +50,14 @@ class ExportReport:
         return dataclasses.asdict(self)
 
     def to_json(self, indent=1):
-        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=indent, default=io.jsonable)
 
     def save(self, path):
         """Write the JSON report atomically."""
-        from ..training import write_bytes_atomic
-
-        return write_bytes_atomic(path, self.to_json().encode())
+        return io.write_bytes(path, self.to_json().encode())
 
     def save_markdown(self, path):
-        from ..training import write_bytes_atomic
-
-        return write_bytes_atomic(path, self.to_markdown().encode())
+        return io.write_bytes(path, self.to_markdown().encode())
 
     def to_markdown(self):
         lines = [f"# Export of {self.source}", "",
@@ -124,20 +122,6 @@ class ExportReport:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
-
-
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
 
 
 def load(path):

@@ -884,8 +884,8 @@ def tflite_tensor_types(model):
 
 def save_tflite(blob, path):
     """Write TFLite bytes to `path` atomically (temp file + rename); returns the Path."""
-    from ..training import write_bytes_atomic
+    from .. import io
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_bytes_atomic(path, blob)
+    return io.write_bytes(path, blob)

@@ -16,13 +16,13 @@ by 0 by default with a warning that names the file and the count
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .. import io
 
 NONFINITE_POLICIES = ("zero", "error")
 
@@ -122,17 +122,7 @@ def write_like(volume: Volume, array, path, dtype=np.uint8, overwrite=False):
     img = volume.image_class(data, volume.affine, header=header)
     img.set_qform(volume.affine, code=int(volume.header["qform_code"]) or 1)
     img.set_sform(volume.affine, code=int(volume.header["sform_code"]) or 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        _nib().save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return io.save_nifti(img, path)
 
 
 def check_same_grid(volumes):

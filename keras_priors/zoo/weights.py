@@ -14,10 +14,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from .. import io
 from .registry import WeightsEntry
 
 _VERIFIED: dict = {}
@@ -78,18 +78,13 @@ def _download(url: str, sha256: str) -> Path:
             return verify(target, sha256, "cached weights file")
         except WeightsError:
             target.replace(target.with_suffix(target.suffix + ".corrupt"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        verify(tmp, sha256, f"download of {url}")
-        os.replace(tmp, target)
+        with io.atomic_path(target) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out)
+            verify(tmp, sha256, f"download of {url}")
     except OSError as e:
         raise WeightsError(f"could not download weights from {url}: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

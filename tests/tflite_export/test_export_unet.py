@@ -69,7 +69,7 @@ def test_shipped_synthetic_brats_model_int8_label_maps_agree(tmp_path):
     patches centred on that case's lesion: Dice of the > 0.5 label maps per region."""
     from keras_priors.volumetric import layouts, synthetic
     from keras_priors.volumetric.pipeline import prepare, sample_patch
-    from keras_priors.volumetric.train import model_for_inference
+    from keras_priors.volumetric.prediction import model_for_inference
 
     start = time.perf_counter()
     net = model_for_inference("unet3d_lowrank", "synthetic_brats")

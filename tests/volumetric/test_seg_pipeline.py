@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from keras_priors import cli
+from keras_priors import volumetric as seg
 from keras_priors.volumetric import pipeline, synthetic
-from keras_priors.volumetric import train as seg
 
 ARGS = ["--model", "unet3d_lowrank", "--epochs", "2", "--batch-size", "2", "--steps-per-epoch",
         "2", "--patch", "16", "16", "16", "--widths", "8", "16", "--val-fraction", "0.34",

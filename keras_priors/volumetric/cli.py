@@ -1,0 +1,92 @@
+"""`keras-priors seg`: segmentation on the command line.
+
+    keras-priors seg synth OUT_DIR [--cases N] [--seed S]
+    keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
+    keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
+    keras-priors seg evaluate --pred DIR --data DIR
+
+Hooked into keras_priors.cli with `add_parser(sub)`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .. import argtypes
+
+
+def run(args):
+    from .. import volumetric as seg
+    from . import synthetic
+
+    if args.seg_command == "synth":
+        folders = synthetic.write_cases(args.out, n=args.cases, seed=args.seed,
+                                        downsample=args.downsample)
+        print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
+        return 0
+    if args.seg_command == "train":
+        fields = seg.SegConfig.__dataclass_fields__
+        cfg = seg.SegConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+        result = seg.fit_segmentation(cfg, args.out, resume=args.resume,
+                                      verbose=0 if args.quiet else "auto",
+                                      strategy=argtypes.strategy(args))
+        print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
+        return 0
+    if args.seg_command == "predict":
+        seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force,
+                    weights=args.weights)
+        return 0
+    result = seg.evaluate_predictions(args.pred, args.data, args.layout)
+    print(json.dumps(result if args.per_case else
+                     {k: v for k, v in result.items() if k != "per_case"}, indent=1))
+    return 0
+
+
+def add_parser(sub):
+    seg = sub.add_parser("seg", help="3D segmentation on NIfTI volumes").add_subparsers(
+        dest="seg_command", required=True)
+    p = seg.add_parser("synth", help="write synthetic BraTS 2021 cases on real anatomy")
+    p.add_argument("out")
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--downsample", type=int, default=2, help="1 = 1 mm, 2 = 2 mm voxels")
+    p.set_defaults(func=run)
+    p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
+                                                         "brats2023", "msd", "manifest"])
+    p.add_argument("--model", default="unet3d_lowrank")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--patch", type=int, nargs=3, default=None)
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--foreground", type=float, default=None,
+                   help="share of patches centred on a foreground voxel (default 0.5)")
+    p.add_argument("--rotate", type=float, default=None, help="max axial rotation, degrees")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument("--quiet", action="store_true")
+    argtypes.add_strategy_args(p)
+    p.set_defaults(func=run)
+    p = seg.add_parser("predict", help="label maps for a case or a dataset")
+    p.add_argument("--model", required=True,
+                   help="a training output folder, or a zoo model name with --weights")
+    p.add_argument("--weights", default=None,
+                   help="weights tag of a zoo model, e.g. synthetic_brats")
+    p.add_argument("--input", required=True, help="a case folder or a dataset folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--force", action="store_true", help="replace existing predictions")
+    p.set_defaults(func=run)
+    p = seg.add_parser("evaluate", help="Dice / HD95 of predictions against labels")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--per-case", action="store_true")
+    p.set_defaults(func=run)

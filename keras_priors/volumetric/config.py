@@ -1,0 +1,42 @@
+"""The configuration of a segmentation run and the model it builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import zoo
+
+
+@dataclass
+class SegConfig:
+    model: str = "unet3d_lowrank"
+    data: str = ""
+    layout: str = "auto"
+    patch: tuple = (64, 64, 64)
+    batch_size: int = 2
+    epochs: int = 10
+    steps_per_epoch: int | None = None  # default: 2 patches per training case
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    widths: tuple | None = None
+    width: float = 1.0
+    foreground: float = 0.5
+    rotate: float = 0.0
+    overlap: float = 0.5
+
+    def __post_init__(self):
+        self.patch = tuple(int(p) for p in self.patch)
+        if len(self.patch) != 3 or min(self.patch) <= 0:
+            raise ValueError(f"patch must be three positive sizes, received patch={self.patch!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), received {self.val_fraction!r}")
+        if self.widths is not None:
+            self.widths = tuple(int(w) for w in self.widths)
+
+
+def build(cfg: SegConfig, channels, outputs, activation):
+    options = {"width": cfg.width} | ({"widths": cfg.widths} if cfg.widths else {})
+    return zoo.load(cfg.model, input_shape=(*cfg.patch, channels), classes=outputs,
+                    classifier_activation=activation, **options)
