@@ -12,7 +12,7 @@ distributed with `strategy.experimental_distribute_dataset` (the batch the user 
 is the GLOBAL batch, each replica gets `global / replicas`), a `tf.function` step runs on
 every replica with `strategy.run` (GradientTape, loss averaged over the global batch with
 `tf.nn.compute_average_loss`, `optimizer.apply_gradients`), and Keras callbacks are called
-as `fit` calls them, so `training.RunKeeper` checkpoints and resume work unchanged.
+as `fit` calls them, so `runs.RunKeeper` checkpoints and resume work unchanged.
 
 Numbers: gradients are summed over replicas, so a step equals the single-device step on the
 global batch. Batch normalization is switched to synchronized statistics (over the global

@@ -140,9 +140,9 @@ def covariance():
         state = run_dir(model_name, 0) / "state.json"
         if not state.exists():
             continue
-        from keras_priors import training
+        from keras_priors import runs
 
-        path = training.checkpoint_path(state.parent, json.loads(state.read_text()))
+        path = runs.checkpoint_path(state.parent, json.loads(state.read_text()))
         model = keras.saving.load_model(path)
         own = getattr(model.get_layer(b), "groups", 1)
         res4 = analysis.filter_covariance(model, a, b, batches, groups=4, max_batches=8,

@@ -13,14 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_priors import training
+from keras_priors import runs, training
 
 TINY = dict(model="nin_root8", width=0.125, batch_size=64, limit_train=512, limit_test=256,
             warmup_epochs=0.5)
 
 
 def _checkpoint(out):
-    return training.checkpoint_path(out, json.loads((out / "state.json").read_text()))
+    return runs.checkpoint_path(out, json.loads((out / "state.json").read_text()))
 
 
 def _weights(out):
@@ -106,13 +106,15 @@ def test_nan_after_a_good_epoch_keeps_that_checkpoint(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model.save(tmp_path / "checkpoint-epoch0001.keras")
     before = (tmp_path / "checkpoint-epoch0001.keras").read_bytes()
-    keeper = training.RunKeeper(tmp_path, {"epoch": 1, "train_seconds": 0.0, "history": [],
+    keeper = runs.RunKeeper(tmp_path, {"epoch": 1, "train_seconds": 0.0, "history": [],
                                            "checkpoint": "checkpoint-epoch0001.keras"})
     keeper.set_model(model)
     keeper.on_epoch_begin(1)
     keeper.on_train_batch_end(3, {"loss": float("nan")})
     keeper.on_epoch_end(1, {"loss": float("nan")})
-    assert model.stop_training and keeper.bad_loss == {"epoch": 2, "batch": 3, "loss": keeper.bad_loss["loss"]}
+    assert model.stop_training
+    assert {k: keeper.bad_loss[k] for k in ("epoch", "batch")} == {"epoch": 2, "batch": 3}
+    assert math.isnan(keeper.bad_loss["loss"])
     assert (tmp_path / "checkpoint-epoch0001.keras").read_bytes() == before
     assert not (tmp_path / "checkpoint-epoch0002.keras").exists()
 
