@@ -1,9 +1,13 @@
-"""Shared test setup: quiet TensorFlow, deterministic seeds, the opt-in `slow` marker."""
+"""Shared test setup: quiet TensorFlow, deterministic seeds, the opt-in `slow` marker, and a
+private KERAS_PRIORS_HOME (weights downloads, prepared-dataset cache) for the session."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if "KERAS_PRIORS_HOME" not in os.environ:  # subprocesses of the tests inherit it
+    os.environ["KERAS_PRIORS_HOME"] = tempfile.mkdtemp(prefix="keras-priors-tests-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
