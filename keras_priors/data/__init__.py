@@ -8,16 +8,30 @@ tf.data pipelines that feed training.
 
 from .idx import read_idx, write_idx
 from .pipeline import epoch_batches, eval_batches, steps_per_epoch, train_batches
-from .sources import ImageData, fashion_mnist, image_folder, load, tfds_dataset
+from .sources import (
+    ImageData,
+    check,
+    check_images,
+    check_limit,
+    fashion_mnist,
+    image_folder,
+    load,
+    resolve,
+    tfds_dataset,
+)
 
 __all__ = [
     "ImageData",
+    "check",
+    "check_images",
+    "check_limit",
     "epoch_batches",
     "eval_batches",
     "fashion_mnist",
     "image_folder",
     "load",
     "read_idx",
+    "resolve",
     "steps_per_epoch",
     "tfds_dataset",
     "train_batches",

@@ -17,7 +17,7 @@ def read_idx(path) -> np.ndarray:
     >>> import numpy as np, tempfile, os
     >>> from keras_priors.data.idx import read_idx, write_idx
     >>> p = os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte")
-    >>> write_idx(p, np.arange(5, dtype=np.uint8)); read_idx(p).tolist()
+    >>> _ = write_idx(p, np.arange(5, dtype=np.uint8)); read_idx(p).tolist()
     [0, 1, 2, 3, 4]
     """
     path = Path(path)
@@ -47,9 +47,10 @@ def read_idx(path) -> np.ndarray:
 
 
 def write_idx(path, array):
-    """Write `array` (uint8) as an IDX file; `.gz` paths are gzipped."""
+    """Write `array` (uint8) as an IDX file (atomically); `.gz` paths are gzipped."""
+    from .. import io
+
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
+    raw = header + array.tobytes()
+    return io.write_bytes(path, gzip.compress(raw) if str(path).endswith(".gz") else raw)

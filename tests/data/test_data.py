@@ -1,6 +1,7 @@
 """Data sources and pipelines on the real Fashion-MNIST files (Debian dataset-fashion-mnist)."""
 
 import gzip
+import re
 import shutil
 
 import numpy as np
@@ -103,6 +104,62 @@ def test_image_folder(tmp_path):
     with pytest.raises(ValueError, match="needs one subfolder per class"):
         shutil.rmtree(tmp_path / "dogs")
         data.image_folder(tmp_path)
+
+
+def _folder(root, n=5, size=(40, 30)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                root / label / f"{i}.png")
+    return root
+
+
+def test_image_folder_limits_are_applied(tmp_path):
+    folder = data.load(str(_folder(tmp_path, n=10)), image_size=(8, 8), limit_train=5,
+                       limit_test=2)
+    assert (folder.train_size, folder.test_size) == (5, 2)
+    assert len(folder.arrays["train"][0]) == 5 and len(folder.arrays["test"][1]) == 2
+
+
+def test_a_corrupt_image_is_named_before_anything_is_decoded(tmp_path):
+    root = _folder(tmp_path)
+    good = (root / "cats" / "1.png").read_bytes()
+    (root / "cats" / "1.png").write_bytes(good[: len(good) // 2])
+    (root / "dogs" / "3.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError) as e:
+        data.load(str(root), image_size=(8, 8))
+    message = str(e.value)
+    assert message.startswith("unreadable image files: ") and "\n" not in message
+    assert f"{root / 'cats' / '1.png'} (" in message and f"{root / 'dogs' / '3.png'} (" in message
+    with pytest.raises(ValueError, match="unreadable image files: .*cats/1.png"):
+        data.check(str(root))
+    assert data.check(str(_folder(tmp_path / "ok"))) == ("folder", str(tmp_path / "ok"))
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True])
+def test_limits_must_be_positive_integers(limit):
+    with pytest.raises(ValueError, match=rf"limit_train must be a positive number of examples "
+                                         rf"\(or left out for all\), received limit_train={limit!r}"):
+        data.load("fashion_mnist", limit_train=limit)
+    with pytest.raises(ValueError, match=rf"received limit_test={limit!r}"):
+        data.fashion_mnist(limit_test=limit)
+
+
+def test_a_missing_folder_is_named_not_read_as_a_tfds_name(tmp_path):
+    accepted = "Accepted: fashion_mnist, an image folder"
+    for spec in (str(tmp_path / "photos"), "./photos", "~/no_such_photos_xyz", "photos/train",
+                 "folder:photos"):
+        with pytest.raises(ValueError, match=rf"^data {re.escape(spec)}: no such folder\. {accepted}"):
+            data.load(spec)
+    with pytest.raises(ValueError, match=r"^--data photos_xyz: no such folder, and no tfds "
+                                         r"dataset of that name\. Accepted: "):
+        data.resolve("photos_xyz", option="--data")
+    assert data.resolve("cifar10") == ("tfds", "cifar10")
+    assert data.resolve(str(_folder(tmp_path / "p"))) == ("folder", str(tmp_path / "p"))
 
 
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):
