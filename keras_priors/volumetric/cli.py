@@ -33,8 +33,10 @@ def run(args):
         print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
         return 0
     if args.seg_command == "predict":
+        post = {"et_min": args.postprocess_et_min, "et_total_min": args.postprocess_et_total_min}
         seg.predict(args.model, args.input, args.out, args.layout, overwrite=args.force,
-                    weights=args.weights)
+                    weights=args.weights, tta=args.tta or False, png=args.png,
+                    postprocess={k: v for k, v in post.items() if v is not None} or None)
         return 0
     result = seg.evaluate_predictions(args.pred, args.data, args.layout)
     print(json.dumps(result if args.per_case else
@@ -82,7 +84,20 @@ def add_parser(sub):
     p.add_argument("--input", required=True, help="a case folder or a dataset folder")
     p.add_argument("--out", required=True)
     p.add_argument("--layout", default="auto")
-    p.add_argument("--force", action="store_true", help="replace existing predictions")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing predictions (never inputs: an --out inside the "
+                        "input folders is refused regardless)")
+    p.add_argument("--tta", nargs="?", const="xyz", default=None, metavar="AXES",
+                   help="test-time augmentation: mirror along these RAS axes (default xyz: "
+                        "all 8 flips) and average the probabilities")
+    p.add_argument("--postprocess-et-min", type=float, default=None, metavar="MM3",
+                   help="relabel each 26-connected enhancing-tumour component below this "
+                        "volume (mm^3, e.g. 50) as necrosis / tumour core; off by default")
+    p.add_argument("--postprocess-et-total-min", type=float, default=None, metavar="MM3",
+                   help="relabel all enhancing tumour as necrosis when the case has less than "
+                        "this volume of it in all (mm^3); off by default")
+    p.add_argument("--png", action="store_true",
+                   help="also write <case>_overlay.png: axial slices, labels over FLAIR/T1ce")
     p.set_defaults(func=run)
     p = seg.add_parser("evaluate", help="Dice / HD95 of predictions against labels")
     p.add_argument("--pred", required=True)

@@ -1,8 +1,10 @@
-"""From cases to training patches: z-score normalisation, cached preprocessed volumes,
-patch sampling with foreground oversampling, augmentation, tf.data.
+"""From cases to training patches: z-score normalisation, patch sampling with foreground
+oversampling, augmentation, and a parallel tf.data loader over memory-mapped prepared
+datasets (`keras_priors.volumetric.prepare`).
 
-An epoch's patches depend only on `(seed, epoch)`, so a resumed run samples exactly what
-an uninterrupted one would have.
+Each patch is a pure function of `(seed, epoch, position)`, so an epoch's patches depend
+only on `(seed, epoch)` and a resumed run samples exactly what an uninterrupted one would
+have, whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -111,33 +113,164 @@ def augment(x, y, rng, flips=True, intensity=True, rotate=0.0):
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
 
 
-def epoch_patches(prepared, size, seed, epoch, per_case=2, foreground=0.5, rotate=0.0,
-                  augmentation=True):
-    """All patches of one epoch, in a `(seed, epoch)`-determined order."""
+class _InMemory:
+    """The in-RAM source of earlier releases: a list of (images, targets) pairs, addressed by
+    their index. Foreground coordinates are found once per case and kept."""
+
+    def __init__(self, pairs):
+        self.pairs = list(pairs)
+        self.case_ids = list(range(len(self.pairs)))
+        self.channels = self.pairs[0][0].shape[-1]
+        self.outputs = self.pairs[0][1].shape[-1]
+        self._fg = {}
+
+    def images(self, i):
+        return self.pairs[i][0]
+
+    def targets(self, i):
+        return self.pairs[i][1]
+
+    def foreground_samples(self, i):
+        if i not in self._fg:
+            self._fg[i] = [np.argwhere(np.asarray(self.pairs[i][1]).max(-1) > 0)]
+        return self._fg[i]
+
+
+def _as_source(source):
+    if hasattr(source, "images") and hasattr(source, "foreground_samples"):
+        return source
+    if isinstance(source, (list, tuple)) and source and len(source[0]) == 2:
+        return _InMemory(source)
+    raise TypeError("source must be a PreparedDataset or a non-empty list of (images, targets)"
+                    f", received {type(source).__name__}")
+
+
+def epoch_order(n_cases, per_case, seed, epoch, length=None):
+    """Case indices of the patches of one epoch: each case `per_case` times, shuffled by
+    `(seed, epoch)`; with `length`, shuffled rounds are repeated and cut to that length."""
     rng = np.random.default_rng([seed, epoch])
-    order = [i for i in range(len(prepared)) for _ in range(per_case)]
-    rng.shuffle(order)
-    for i in order:
-        images, y = prepared[i]
-        x, t = sample_patch(images, y, size, rng, foreground)
-        if augmentation:
-            x, t = augment(x, t, rng, rotate=rotate)
-        yield np.asarray(x, np.float32), np.asarray(t, np.float32)
+    length = n_cases * per_case if length is None else length
+    rounds = []
+    while sum(len(r) for r in rounds) < length:
+        order = np.repeat(np.arange(n_cases), per_case)
+        rng.shuffle(order)
+        rounds.append(order)
+    return np.concatenate(rounds)[:length] if rounds else np.empty(0, np.int64)
 
 
-def patch_dataset(prepared, size, batch_size, seed, first_epoch, epochs, **kwargs):
-    """tf.data over epochs `first_epoch .. epochs-1` of sampled patches, batched."""
+def _read(array, start, size):
+    """`array[start:start+size]` over the first three axes, zero-padded at the far end where
+    the volume is smaller; only the patch's voxels are read from a memmap."""
+    stop = [min(a + p, n) for a, p, n in zip(start, size, array.shape[:3])]
+    part = array[tuple(slice(a, b) for a, b in zip(start, stop))]
+    if part.shape[:3] == tuple(size):
+        return np.array(part)
+    out = np.zeros((*size, array.shape[-1]), array.dtype)
+    out[tuple(slice(0, n) for n in part.shape[:3])] = part
+    return out
+
+
+def load_patch(source, case_id, size, seed, epoch, position, foreground=0.5, rotate=0.0,
+               augmentation=True):
+    """One (image patch, target patch) as float32, a pure function of
+    `(seed, epoch, position)`: with probability `foreground` centred on a stored foreground
+    sample of a random region, else placed uniformly; then augmented (`augment`).
+    Only the patch is read from the source's (memory-mapped) arrays."""
+    rng = np.random.default_rng([seed, epoch, position])
+    images, y = source.images(case_id), source.targets(case_id)
+    shape, size = np.array(images.shape[:3]), np.array(size)
+    room = np.maximum(shape - size, 0)
+    centre = None
+    if rng.random() < foreground:
+        regions = [s for s in source.foreground_samples(case_id) if len(s)]
+        if regions:
+            region = regions[rng.integers(len(regions))]
+            centre = region[rng.integers(len(region))]
+    if centre is not None:
+        start = np.clip(np.asarray(centre) - size // 2, 0, room)
+    else:
+        start = np.array([rng.integers(0, r + 1) for r in room])
+    x, t = _read(images, start, size), _read(y, start, size)
+    if augmentation:
+        return augment(x, t, rng, rotate=rotate)
+    return x.astype(np.float32), t.astype(np.float32)
+
+
+def epoch_patches(source, size, seed, epoch, per_case=2, foreground=0.5, rotate=0.0,
+                  augmentation=True, case_ids=None, length=None):
+    """All patches of one epoch, in a `(seed, epoch)`-determined order (no TensorFlow):
+    exactly what `patch_dataset` yields for that epoch, before batching.
+
+    >>> pairs = [(np.ones((8, 8, 8, 2), np.float32), np.ones((8, 8, 8, 1), np.uint8))]
+    >>> x, y = next(epoch_patches(pairs, (4, 4, 4), seed=0, epoch=0))
+    >>> x.shape, y.shape
+    ((4, 4, 4, 2), (4, 4, 4, 1))
+    """
+    source = _as_source(source)
+    case_ids = list(source.case_ids if case_ids is None else case_ids)
+    order = epoch_order(len(case_ids), per_case, seed, epoch, length)
+    for position, i in enumerate(order):
+        yield load_patch(source, case_ids[i], size, seed, epoch, position, foreground, rotate,
+                         augmentation)
+
+
+def _is_size(value):
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, (int, np.integer)) for v in value))
+
+
+def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs=None, per_case=2,
+                  foreground=0.5, rotate=0.0, augmentation=True, workers=None,
+                  steps_per_epoch=None):
+    """tf.data of batched patches for epochs `first_epoch .. epochs-1`.
+
+    `source`: a `PreparedDataset` (patches are read from its memory-mapped arrays) or a list
+    of in-RAM (images, targets) pairs (then `case_ids` are indices, None = all). An epoch is
+    `len(case_ids) * per_case` patches, or `steps_per_epoch * batch_size` when given, cut to
+    whole batches, so batches never span two epochs. Patches are loaded and augmented by
+    `workers` parallel calls (default: tf.data autotune) over the index (epoch, position);
+    each patch is a pure function of (seed, epoch, position), so the stream depends only on
+    (seed, epoch) - not on `workers` - and a run resumed at epoch k gets the same batches.
+
+    >>> ds = patch_dataset(PreparedDataset.open("prepared"), None, (64, 64, 64), 2,
+    ...                    seed=0, first_epoch=0, epochs=10)   # doctest: +SKIP
+    """
     import tensorflow as tf
 
-    channels = prepared[0][0].shape[-1]
-    outputs = prepared[0][1].shape[-1]
+    if epochs is None and _is_size(case_ids) and not hasattr(source, "foreground_samples"):
+        # the earlier call form patch_dataset(pairs, size, batch_size, seed, first, epochs)
+        case_ids, size, batch_size, seed, first_epoch, epochs = (
+            None, case_ids, size, batch_size, seed, first_epoch)
+    if epochs is None:
+        raise TypeError("patch_dataset() missing the argument 'epochs'")
+    source = _as_source(source)
+    case_ids = list(source.case_ids if case_ids is None else case_ids)
+    size = tuple(int(s) for s in size)
+    if not case_ids:
+        raise ValueError("case_ids is empty: no case to sample patches from")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, received seed={seed}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, received {workers!r}")
+    length = len(case_ids) * per_case if steps_per_epoch is None else steps_per_epoch * batch_size
+    usable = (length // batch_size) * batch_size
+    if usable == 0:
+        raise ValueError(f"an epoch of {length} patches ({len(case_ids)} cases x per_case="
+                         f"{per_case}) is smaller than batch_size={batch_size}")
 
-    def generate():
-        for epoch in range(first_epoch, epochs):
-            yield from epoch_patches(prepared, size, seed, epoch, **kwargs)
+    def load(epoch, position):
+        epoch, position = int(epoch), int(position)
+        i = epoch_order(len(case_ids), per_case, seed, epoch, length)[position]
+        return load_patch(source, case_ids[i], size, seed, epoch, position, foreground, rotate,
+                          augmentation)
 
-    signature = (tf.TensorSpec((*size, channels), tf.float32),
-                 tf.TensorSpec((*size, outputs), tf.float32))
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    def call(epoch, position):
+        x, y = tf.numpy_function(load, [epoch, position], [tf.float32, tf.float32])
+        x.set_shape((*size, source.channels))
+        y.set_shape((*size, source.outputs))
+        return x, y
+
+    index = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+        lambda e: tf.data.Dataset.range(usable).map(lambda p: (e, p)))
+    ds = index.map(call, num_parallel_calls=workers or tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)
-
