@@ -2,10 +2,11 @@
 
 All layers share one rank-generic base (`StructuredConv`), use `keras.ops` (and, on
 TensorFlow, its native grouped conv where `native_grouped_conv` finds one), are
-registered serializable and describe their inner convolutions through `conv_parts`.
+registered serializable, describe their inner convolutions through `conv_parts` (for the
+accounting) and `decompose` (plain conv steps with their weights, for the exporters).
 """
 
-from .base import CompositeHeNormal, ConvPart, StructuredConv
+from .base import CompositeHeNormal, ConvPart, ConvStep, Decomposition, StructuredConv
 from .lowrank import PRESETS, LowRankConv, LowRankConv2D, LowRankConv3D, resolve_basis
 from .root import (
     IMPLEMENTATIONS,
@@ -19,6 +20,8 @@ from .root import (
 __all__ = [
     "CompositeHeNormal",
     "ConvPart",
+    "ConvStep",
+    "Decomposition",
     "IMPLEMENTATIONS",
     "LowRankConv",
     "LowRankConv2D",

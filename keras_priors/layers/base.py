@@ -1,8 +1,9 @@
 """Rank-generic base for the structured convolutions.
 
 `StructuredConv(rank, ...)` owns everything low-rank and root layers share: argument
-checks, the optional 1x1 combination conv, bias, activation, output shapes, `get_config`
-and the structural description (`conv_parts`) that `keras_priors.complexity` reads.
+checks, the optional 1x1 combination conv, bias, activation, output shapes, `get_config`,
+the structural description (`conv_parts`) that `keras_priors.complexity` reads and the
+decomposition into plain convolutions (`decompose`) that the exporters rebuild from.
 Subclasses only say how the *spatial stage* is built and computed.
 """
 
@@ -46,6 +47,97 @@ class ConvPart:
             return None
         per_position = math.prod(self.kernel_size) * (self.in_channels // self.groups)
         return math.prod(positions) * per_position * self.filters
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """One plain convolution of a structured layer (see `StructuredConv.decompose`).
+
+    It reads the input channels `input_channels = (start, stop)` (all when None), zero-pads
+    (`padding` as per-axis `(before, after)` pairs; a negative amount crops) or uses the
+    "same" / "valid" mode of a conv, then convolves with `kernel` (keras layout
+    `(*kernel_size, in_channels // groups, filters)`) and adds `bias` (None: no bias).
+    """
+
+    name: str
+    kernel: object
+    bias: object
+    strides: tuple
+    padding: object
+    dilation_rate: tuple
+    groups: int = 1
+    input_channels: tuple | None = None
+
+    def __call__(self, x, data_format="channels_last"):
+        """Run the step with `keras.ops` on a batch `x` (the reference semantics)."""
+        rank = len(self.strides)
+        axis0 = 1 if data_format == "channels_last" else 2
+        if self.input_channels is not None:
+            index = [slice(None)] * (rank + 2)
+            index[-1 if data_format == "channels_last" else 1] = slice(*self.input_channels)
+            x = x[tuple(index)]
+        padding = self.padding
+        if not isinstance(padding, str):
+            if any(lo > 0 or hi > 0 for lo, hi in padding):
+                width = [[0, 0] for _ in range(rank + 2)]
+                for a, (lo, hi) in enumerate(padding):
+                    width[axis0 + a] = [max(lo, 0), max(hi, 0)]
+                x = ops.pad(x, width)
+            if any(lo < 0 or hi < 0 for lo, hi in padding):
+                index = [slice(None)] * (rank + 2)
+                for a, (lo, hi) in enumerate(padding):
+                    index[axis0 + a] = slice(max(-lo, 0), hi if hi < 0 else None)
+                x = x[tuple(index)]
+            padding = "valid"
+        y = ops.conv(x, self.kernel, strides=self.strides, padding=padding,
+                     data_format=data_format, dilation_rate=self.dilation_rate)
+        if self.bias is None:
+            return y
+        shape = [1] * (rank + 2)
+        shape[-1 if data_format == "channels_last" else 1] = self.bias.shape[0]
+        return ops.add(y, ops.reshape(self.bias, shape))
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """A structured layer as plain convolutions: `steps` run in parallel on the layer input
+    with their outputs concatenated on the channel axis (`sequential=False`), or one after
+    another (`sequential=True`); then the optional 1x1 `combine` step, then `activation`.
+
+    >>> import numpy as np
+    >>> from keras_priors.layers import LowRankConv2D
+    >>> layer = LowRankConv2D(8, 3, basis="lr_join", padding="same")
+    >>> x = np.random.default_rng(0).normal(size=(1, 6, 6, 4)).astype("float32")
+    >>> y = layer(x)
+    >>> d = layer.decompose(x.shape)
+    >>> [s.name for s in d.steps], d.sequential, d.combine.name
+    (['basis0_3x1', 'basis1_1x3'], False, 'combine')
+    >>> bool(np.allclose(d(x), y, atol=1e-6))
+    True
+    """
+
+    steps: tuple
+    sequential: bool
+    combine: ConvStep | None
+    activation: object
+    data_format: str
+
+    def spatial(self, x):
+        """The steps without the combination and activation."""
+        if self.sequential:
+            for step in self.steps:
+                x = step(x, self.data_format)
+            return x
+        outputs = [step(x, self.data_format) for step in self.steps]
+        if len(outputs) == 1:
+            return outputs[0]
+        return ops.concatenate(outputs, axis=-1 if self.data_format == "channels_last" else 1)
+
+    def __call__(self, x):
+        y = self.spatial(x)
+        if self.combine is not None:
+            y = self.combine(y, self.data_format)
+        return y if self.activation is None else self.activation(y)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -353,6 +445,29 @@ class StructuredConv(keras.layers.Layer):
         )
         return config
 
+    def decompose(self, input_shape=None, split_groups=False):
+        """The plain convolutions this (built) layer computes on `input_shape`.
+
+        Returns a `Decomposition` whose steps hold this layer's own weights; running it
+        equals calling the layer. `input_shape` (with batch and channels) is needed only
+        where padding depends on it (strides > 1 with padding="same"). With
+        `split_groups=True` a grouped conv becomes one step per group, each reading its
+        channel slice.
+        """
+        if not self.built:
+            raise ValueError(f"{self.__class__.__name__} '{self.name}' must be built (called "
+                             "on an input) before decompose()")
+        spatial_in = ((None,) * self.rank if input_shape is None
+                      else tuple(self._spatial_shape(input_shape)))
+        steps, sequential = self._spatial_steps(spatial_in, split_groups)
+        combine = None
+        if self.combine:
+            ones = (1,) * self.rank
+            combine = ConvStep("combine", self.combine_kernel, self.combine_bias, ones,
+                               "valid", ones)
+        return Decomposition(tuple(steps), sequential, combine, self.activation,
+                             self.data_format)
+
     # --------------------------------------------------------- subclass hooks
     bounding_kernel_size: tuple
 
@@ -366,4 +481,7 @@ class StructuredConv(keras.layers.Layer):
         raise NotImplementedError
 
     def _spatial_parts(self, in_channels, spatial_in, spatial_out):
+        raise NotImplementedError
+
+    def _spatial_steps(self, spatial_in, split_groups):
         raise NotImplementedError

@@ -20,7 +20,17 @@ from dataclasses import dataclass
 
 import keras
 
-from .base import COMPOSITE_HE, PACKAGE, ConvPart, StructuredConv, positive_int, same_padding
+from .base import (
+    COMPOSITE_HE,
+    PACKAGE,
+    ConvPart,
+    ConvStep,
+    Decomposition,
+    StructuredConv,
+    conv_output_length,
+    positive_int,
+    same_padding,
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,12 @@ def resolve_basis(basis, filters, kernel_size, rank, combine=None, sequential=No
     if isinstance(basis, str):
         presets = PRESETS[rank]
         if basis not in presets:
+            other = [r for r in PRESETS if r != rank and basis in PRESETS[r]]
+            if other:
+                raise ValueError(
+                    f"basis={basis!r} is a {other[0]}D-only preset; a {rank}D low-rank layer "
+                    f"has {', '.join(sorted(presets))}"
+                )
             raise ValueError(
                 f"Unknown basis preset basis={basis!r} for a {rank}D low-rank layer"
                 + _closest(basis, presets)
@@ -325,39 +341,23 @@ class LowRankConv(StructuredConv):
                 return "same"
         return pads
 
-    def _pad_or_crop(self, x, pads):
-        axis0 = 1 if self.data_format == "channels_last" else 2
-        if any(lo > 0 or hi > 0 for lo, hi in pads):
-            width = [[0, 0] for _ in range(self.rank + 2)]
-            for a, (lo, hi) in enumerate(pads):
-                width[axis0 + a] = [max(lo, 0), max(hi, 0)]
-            x = keras.ops.pad(x, width)
-        if any(lo < 0 or hi < 0 for lo, hi in pads):
-            index = [slice(None)] * (self.rank + 2)
-            for a, (lo, hi) in enumerate(pads):
-                index[axis0 + a] = slice(max(-lo, 0), hi if hi < 0 else None)
-            x = x[tuple(index)]
-        return x
+    def _spatial_steps(self, spatial_in, split_groups=False):
+        names = [f"basis{i}_{_shape_name(shape)}" for i, (shape, _) in enumerate(self.members)]
+        if self.sequential:
+            strides = self._stage_strides()
+            paddings = [self.padding] * len(self.members)
+        else:
+            strides = [self.strides] * len(self.members)
+            paddings = [self._member_padding(shape, spatial_in) for shape, _ in self.members]
+        return [
+            ConvStep(name, kernel, bias, s, p, self.dilation_rate)
+            for name, kernel, bias, s, p in zip(
+                names, self.basis_kernels, self.basis_biases, strides, paddings)
+        ], self.sequential
 
     def _spatial_call(self, x):
-        if self.sequential:
-            for kernel, bias, strides in zip(
-                self.basis_kernels, self.basis_biases, self._stage_strides()
-            ):
-                x = self._bias_add(self._conv(x, kernel, strides=strides), bias)
-            return x
-        spatial_in = self._spatial_shape(x.shape)
-        outputs = []
-        for (shape, _), kernel, bias in zip(self.members, self.basis_kernels, self.basis_biases):
-            mode = self._member_padding(shape, spatial_in)
-            if isinstance(mode, str):
-                y = self._conv(x, kernel, padding=mode)
-            else:
-                y = self._conv(self._pad_or_crop(x, mode), kernel, padding="valid")
-            outputs.append(self._bias_add(y, bias))
-        if len(outputs) == 1:
-            return outputs[0]
-        return keras.ops.concatenate(outputs, axis=self.channel_axis)
+        steps, sequential = self._spatial_steps(self._spatial_shape(x.shape))
+        return Decomposition(tuple(steps), sequential, None, None, self.data_format).spatial(x)
 
     # ------------------------------------------------------------ accounting
     def _spatial_parts(self, in_channels, spatial_in, spatial_out):
@@ -372,10 +372,8 @@ class LowRankConv(StructuredConv):
         parts, channels, spatial = [], in_channels, tuple(spatial_in)
         for i, ((shape, n), strides) in enumerate(zip(self.members, self._stage_strides())):
             spatial = tuple(
-                None if L is None else (
-                    -(-L // s) if self.padding == "same" else (L - d * (k - 1) - 1) // s + 1
-                )
-                for L, k, s, d in zip(spatial, shape, strides, self.dilation_rate)
+                conv_output_length(n, d * (k - 1) + 1, s, self.padding)
+                for n, k, s, d in zip(spatial, shape, strides, self.dilation_rate)
             )
             parts.append(
                 ConvPart(

@@ -34,7 +34,7 @@ import warnings
 import keras
 from keras import ops
 
-from .base import PACKAGE, ConvPart, StructuredConv, int_tuple, positive_int
+from .base import PACKAGE, ConvPart, ConvStep, StructuredConv, int_tuple, positive_int
 
 IMPLEMENTATIONS = ("auto", "grouped", "split")
 _DEVICE = re.compile(r"^(/job:[\w-]+)?(/replica:\d+)?(/task:\d+)?"
@@ -271,6 +271,18 @@ class RootConv(StructuredConv):
                     outputs.append(self._conv(piece, self.kernel[..., g * fg : (g + 1) * fg]))
             y = ops.concatenate(outputs, axis=self.channel_axis)
         return self._bias_add(y, self.bias)
+
+    def _spatial_steps(self, spatial_in, split_groups=False):
+        conv = dict(strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)
+        if self.groups == 1 or not split_groups:
+            return [ConvStep("root", self.kernel, self.bias, groups=self.groups, **conv)], False
+        fg, cg = self._spatial_width() // self.groups, self.kernel.shape[-2]
+        return [
+            ConvStep(f"group{g}", self.kernel[..., g * fg:(g + 1) * fg],
+                     None if self.bias is None else self.bias[g * fg:(g + 1) * fg],
+                     input_channels=(g * cg, (g + 1) * cg), **conv)
+            for g in range(self.groups)
+        ], False
 
     def _spatial_parts(self, in_channels, spatial_in, spatial_out):
         width = self._spatial_width()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_priors.layers import RootConv2D, RootConv3D, choose_implementation, native_grouped_conv
+from keras_priors.layers import root as root_module
 
 from .harness import (
     block_diagonal_kernel,
@@ -80,16 +81,26 @@ def test_weight_layout_is_keras_grouped_conv(rng):
     np.testing.assert_allclose(layer(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_rules():
+def test_auto_rules(monkeypatch):
     assert choose_implementation(1, backend="tensorflow", accelerator=False) == "grouped"
-    for rank in (2, 3):
-        native = native_grouped_conv(rank)
-        assert choose_implementation(4, backend="tensorflow", accelerator=False, rank=rank) == (
-            "grouped" if native else "split")
     assert choose_implementation(4, backend="jax", accelerator=False) == "split"
     assert choose_implementation(4, backend="tensorflow", accelerator=True) == "grouped"
     assert choose_implementation(4, backend="torch", accelerator=False) == "grouped"
-    assert RootConv2D(8, 3, groups=4).resolved_implementation in ("grouped", "split")
+    # on a TensorFlow CPU the probe decides, asked for the layer's rank and dtype
+    asked = []
+    for native in (True, False):
+        monkeypatch.setattr(root_module, "native_grouped_conv",
+                            lambda rank, dtype, n=native: asked.append((rank, dtype)) or n)
+        want = "grouped" if native else "split"
+        assert choose_implementation(4, backend="tensorflow", accelerator=False, rank=3,
+                                     dtype="float64") == want
+        monkeypatch.setattr(root_module, "_has_accelerator", lambda: False)
+        assert RootConv2D(8, 3, groups=4, dtype="float64").resolved_implementation == want
+    assert asked == [(3, "float64"), (2, "float64")] * 2
+    # devices force the split form; one group is always a plain conv; explicit choices stay
+    assert RootConv2D(8, 3, groups=4, devices=["/CPU:0"]).resolved_implementation == "split"
+    assert RootConv2D(8, 3, groups=1).resolved_implementation == "grouped"
+    assert RootConv2D(8, 3, groups=4, implementation="split").resolved_implementation == "split"
 
 
 @pytest.mark.parametrize(
