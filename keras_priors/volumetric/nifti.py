@@ -7,7 +7,9 @@ inputs are read; every failure names the file.
 
 Non-finite voxels (NaN, +-inf), which some pipelines leave outside the brain, are replaced
 by 0 by default with a warning that names the file and the count
-(`nonfinite="zero"`); `nonfinite="error"` refuses such files instead.
+(`nonfinite="zero"`); `nonfinite="error"` refuses such files instead. A file with no finite
+voxel at all is an error under either policy, and `require_signal` refuses an image that is
+constant (all zero, say), which no model can segment.
 
 >>> vol = read_volume("case/flair.nii.gz")            # doctest: +SKIP
 >>> vol.data.shape, vol.ras_shape                     # doctest: +SKIP
@@ -83,6 +85,8 @@ def read_volume(path, nonfinite="zero", dtype=np.float32) -> Volume:
     data = data.astype(dtype, copy=False)
     bad = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
     count = int(bad.sum()) if bad is not None else 0
+    if count and count == data.size:
+        raise NiftiError(f"{path} has no finite voxel: all {count} voxels are NaN or inf")
     if count:
         if nonfinite == "error":
             raise NiftiError(f"{path} has {count} non-finite (NaN/inf) voxels (nonfinite='error')")
@@ -123,6 +127,24 @@ def write_like(volume: Volume, array, path, dtype=np.uint8, overwrite=False):
     img.set_qform(volume.affine, code=int(volume.header["qform_code"]) or 1)
     img.set_sform(volume.affine, code=int(volume.header["sform_code"]) or 1)
     return io.save_nifti(img, path)
+
+
+def require_signal(array, path, what="image"):
+    """Raise NiftiError naming `path` if `array` is constant (e.g. all zero): such an image
+    carries nothing to segment, and z-scoring it would feed the model zeros.
+
+    >>> require_signal(np.zeros((2, 2, 2)), "flair.nii.gz", "modality flair")
+    Traceback (most recent call last):
+    ...
+    keras_priors.volumetric.nifti.NiftiError: flair.nii.gz (modality flair) is constant: every voxel is 0.0, so there is nothing to segment
+    """
+    array = np.asarray(array)
+    if array.size == 0:
+        raise NiftiError(f"{path} ({what}) is empty: shape {array.shape}")
+    first = array.flat[0]
+    if np.all(array == first):
+        raise NiftiError(f"{path} ({what}) is constant: every voxel is {float(first)}, so there "
+                         "is nothing to segment")
 
 
 def check_same_grid(volumes):

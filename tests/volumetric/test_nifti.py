@@ -113,3 +113,33 @@ def test_inputs_are_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="seg.nii.gz exists"):
         write_like(vol, np.zeros((4, 4, 4)), tmp_path / "seg.nii.gz")
     assert src.read_bytes() == before
+
+
+def test_a_file_without_finite_voxels_is_an_error_under_either_policy(tmp_path):
+    nib.save(nib.Nifti1Image(np.full((3, 3, 3), np.nan, np.float32), np.eye(4)),
+             tmp_path / "empty.nii.gz")
+    for policy in ("zero", "error"):
+        with pytest.raises(NiftiError, match=r"empty.nii.gz has no finite voxel: all 27 voxels "
+                                             r"are NaN or inf"):
+            read_volume(tmp_path / "empty.nii.gz", nonfinite=policy)
+
+
+def test_require_signal_refuses_constant_images():
+    from keras_priors.volumetric.nifti import require_signal
+
+    require_signal(np.arange(8.0).reshape(2, 2, 2), "t1.nii.gz")
+    with pytest.raises(NiftiError, match=r"t1.nii.gz \(modality t1\) is constant: every voxel "
+                                         r"is 3.0, so there is nothing to segment"):
+        require_signal(np.full((2, 2, 2), 3.0), "t1.nii.gz", "modality t1")
+
+
+def test_written_label_maps_get_umask_permissions(tmp_path):
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), src)
+    vol = read_volume(src)
+    old = os.umask(0o022)
+    try:
+        out = write_like(vol, np.zeros((4, 4, 4)), tmp_path / "seg.nii.gz")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~0o022 == 0o644
