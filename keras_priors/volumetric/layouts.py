@@ -4,6 +4,13 @@ Decathlon, or a JSON / CSV manifest, each turned into a list of `Case`s.
 BraTS label maps are turned into the three nested regions it is scored on:
 whole tumour (WT), tumour core (TC) and enhancing tumour (ET).
 
+Label schemes (`LABELS`): BraTS 2021 (1 NCR/NET, 2 ED, 4 ET), BraTS 2023 (1 NETC, 2 SNFH,
+3 ET) and BraTS 2024 post-treatment glioma (2023's labels plus 4 RC, the resection cavity,
+scored as its own region and part of no tumour region). Label 4 means ET in 2021 and RC in
+2024, so a case's scheme comes from its names - `BraTS2021_XXXXX` is 2021,
+`BraTS-GLI-XXXXX-YYY` is 2023 when YYY < 100 and post-treatment 2024 when YYY >= 100 - or
+from an explicit `labels=` choice; `check_labels` refuses values outside the scheme.
+
 >>> cases = discover("BraTS2021_Training_Data")      # doctest: +SKIP
 >>> cases[0].images, cases[0].label                  # doctest: +SKIP
 """
@@ -18,15 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUTS = ("brats2021", "brats2023", "msd", "manifest")
+LAYOUTS = ("brats2021", "brats2023", "brats2024", "msd", "manifest")
+LABEL_SCHEMES = ("brats2021", "brats2023", "brats2024")
 
 # label values making up each region
 REGIONS = {
     "brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
     "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+    # BraTS 2024 post-treatment glioma: 4 = resection cavity, outside WT / TC / ET
+    "brats2024": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,), "RC": (4,)},
     # MSD Task01_BrainTumour: 1 oedema, 2 non-enhancing tumour, 3 enhancing tumour
     "msd_brats": {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
 }
+# label values (background included) each scheme allows
+LABELS = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "brats2024": (0, 1, 2, 3, 4),
+          "msd_brats": (0, 1, 2, 3)}
 MODALITIES = {
     "brats2021": ("flair", "t1", "t1ce", "t2"),
     "brats2023": ("t1n", "t1c", "t2w", "t2f"),
@@ -72,8 +85,49 @@ def _brats(root: Path, layout: str, pattern: str, sep: str, require_label: bool)
         label = _nii(folder / f"{folder.name}{sep}seg")
         if label is None and require_label:
             raise FileNotFoundError(f"BraTS case {folder} has no {folder.name}{sep}seg.nii.gz")
-        cases.append(Case(folder.name, images, label, layout, REGIONS[layout]))
+        scheme = brats_labels(folder.name)
+        cases.append(Case(folder.name, images, label, layout, REGIONS[scheme],
+                          {"labels": scheme}))
     return cases
+
+
+def brats_labels(case_id):
+    """The label scheme a BraTS case's name implies: 'BraTS2021_00000' -> 'brats2021',
+    'BraTS-GLI-00000-000' -> 'brats2023', 'BraTS-GLI-00000-100' (second number >= 100,
+    post-treatment) -> 'brats2024'; None for other names.
+
+    >>> brats_labels("BraTS-GLI-02060-101")
+    'brats2024'
+    """
+    if re.fullmatch(r"BraTS2021_\d+", case_id):
+        return "brats2021"
+    m = re.fullmatch(r"BraTS-[A-Z]+-\d+-(\d+)", case_id)
+    if m:
+        return "brats2024" if int(m.group(1)) >= 100 else "brats2023"
+    return None
+
+
+def label_scheme(case):
+    """The label scheme of a case ('brats2021', 'brats2023', 'brats2024', 'msd_brats'),
+    or None where labels are plain classes (manifests)."""
+    return case.extra.get("labels") or ("msd_brats" if case.regions == REGIONS["msd_brats"]
+                                        else None)
+
+
+def check_labels(values, scheme, path):
+    """Raise ValueError naming `path` when label `values` fall outside `scheme`."""
+    if scheme not in LABELS:
+        return
+    bad = sorted(int(v) for v in set(np.asarray(values).ravel().tolist()) - set(LABELS[scheme]))
+    if not bad:
+        return
+    hint = ""
+    if scheme == "brats2023" and bad == [4]:
+        hint = (" (label 4 is BraTS 2021's enhancing tumour and BraTS 2024's resection "
+                "cavity; a case named BraTS-XXX-NNNNN-1YY is read as 2024)")
+    raise ValueError(
+        f"{path} has label values {bad} outside the {scheme} labels {list(LABELS[scheme])}"
+        f"{hint}; choose the labels with --labels (labels=) from {', '.join(LABEL_SCHEMES)}")
 
 
 def _msd(root: Path, require_label: bool):
@@ -161,9 +215,18 @@ def detect(root) -> str:
     )
 
 
-def discover(root, layout="auto", require_label=True):
-    """The cases under `root` (a folder, or a manifest file for layout="manifest")."""
+def discover(root, layout="auto", require_label=True, labels=None):
+    """The cases under `root` (a folder, or a manifest file for layout="manifest").
+
+    `labels` ('brats2021' / 'brats2023' / 'brats2024') overrides the label scheme the
+    names imply; layout 'brats2024' reads BraTS-XXX-NNNNN-NNN folders with 2024 labels.
+    """
     root = Path(root)
+    if labels is not None and labels not in LABEL_SCHEMES:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_SCHEMES)}, "
+                         f"received labels={labels!r}")
+    if layout == "brats2024":
+        layout, labels = "brats2023", labels or "brats2024"
     if not root.exists():
         raise FileNotFoundError(f"dataset {root} does not exist")
     if layout == "brats":
@@ -181,6 +244,9 @@ def discover(root, layout="auto", require_label=True):
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, received layout={layout!r}")
     if not cases:
         raise ValueError(f"no {layout} cases found under {root}")
+    if labels is not None:
+        for case in cases:
+            case.regions, case.extra["labels"] = REGIONS[labels], labels
     return cases
 
 
@@ -192,15 +258,18 @@ def to_regions(label_map, regions):
 
 
 def from_regions(masks, regions, layout="brats2021"):
-    """(X,Y,Z,R) region masks (WT, TC, ET) -> a BraTS label map with the layout's values."""
+    """(X,Y,Z,R) region masks (WT, TC, ET[, RC]) -> a BraTS label map with the values of
+    `regions` (the layout's when `regions` is None); RC is written outside the tumour."""
     wt, tc, et = (masks[..., i].astype(bool) for i in range(3))
-    labels = REGIONS[layout]
+    labels = regions if regions and {"WT", "TC", "ET"} <= set(regions) else REGIONS[layout]
     oedema = [v for v in labels["WT"] if v not in labels["TC"]][0]
     necrosis = [v for v in labels["TC"] if v not in labels["ET"]][0]
     out = np.zeros(masks.shape[:3], np.uint8)
     out[wt] = oedema
     out[wt & tc] = necrosis
     out[wt & tc & et] = labels["ET"][0]
+    if "RC" in labels and masks.shape[-1] > list(labels).index("RC"):
+        out[masks[..., list(labels).index("RC")].astype(bool) & ~wt] = labels["RC"][0]
     return out
 
 

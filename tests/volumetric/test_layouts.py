@@ -124,3 +124,97 @@ def test_unknown_layout_is_explained(tmp_path):
     (tmp_path / "something").mkdir()
     with pytest.raises(ValueError, match="cannot tell the layout"):
         volumetric.discover(tmp_path)
+
+
+# ---- label schemes (2021 / 2023 / 2024) and the checks of evaluate_predictions ----------
+
+def _small_case(root, name, sep, mods, label, affine=None, pred=None, pred_affine=None,
+                preds=None):
+    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
+    img = np.ones(label.shape, np.float32)
+    for m in mods:
+        _write(root / name / f"{name}{sep}{m}.nii.gz", img, affine)
+    _write(root / name / f"{name}{sep}seg.nii.gz", label.astype(np.uint8), affine)
+    if pred is not None:
+        _write(preds / f"{name}_seg.nii.gz", pred.astype(np.uint8),
+               affine if pred_affine is None else pred_affine)
+
+
+def _lab(values, shape=(12, 12, 8)):
+    lab = np.zeros(shape, np.uint8)
+    for i, v in enumerate(values):
+        lab[2 + 2 * i:4 + 2 * i, 2:10, 2:6] = v
+    return lab
+
+
+M21, M23 = ("flair", "t1", "t1ce", "t2"), ("t1n", "t1c", "t2w", "t2f")
+
+
+def test_label_schemes_from_names_and_explicit_choice(tmp_path):
+    assert volumetric.layouts.brats_labels("BraTS2021_00001") == "brats2021"
+    assert volumetric.layouts.brats_labels("BraTS-GLI-00001-000") == "brats2023"
+    assert volumetric.layouts.brats_labels("BraTS-GLI-00001-101") == "brats2024"
+    _small_case(tmp_path, "BraTS-GLI-00001-000", "-", M23, _lab([1, 2, 3]))
+    _small_case(tmp_path, "BraTS-GLI-00002-100", "-", M23, _lab([1, 2, 3, 4]))
+    pre, post = volumetric.discover(tmp_path)
+    assert list(pre.regions) == ["WT", "TC", "ET"] and pre.extra["labels"] == "brats2023"
+    assert post.regions == volumetric.REGIONS["brats2024"] and post.extra["labels"] == "brats2024"
+    # RC (label 4) is its own region, outside WT / TC / ET, and round-trips
+    _, label, _ = load_case(post)
+    masks = to_regions(label, post.regions)
+    assert masks[..., 3].sum() == (label == 4).sum() and not (masks[..., 0] & masks[..., 3]).any()
+    np.testing.assert_array_equal(from_regions(masks, post.regions, "brats2023"), label)
+    forced = volumetric.discover(tmp_path, labels="brats2024")
+    assert all(c.extra["labels"] == "brats2024" for c in forced)
+    with pytest.raises(ValueError, match="labels must be one of brats2021, brats2023, brats2024"):
+        volumetric.discover(tmp_path, labels="brats2022")
+
+
+def _evaluate(*args, **kwargs):
+    from keras_priors.volumetric.evaluation import evaluate_predictions
+
+    return evaluate_predictions(*args, **kwargs)
+
+
+def test_evaluation_reads_2024_cases_and_refuses_label_4_in_2023(tmp_path):
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    lab = _lab([1, 2, 3, 4])
+    _small_case(data, "BraTS-GLI-00002-100", "-", M23, lab, pred=lab, preds=preds)
+    result = _evaluate(preds, data, metrics="global,lesionwise_2025")
+    assert result["labels"] == {"BraTS-GLI-00002-100": "brats2024"}
+    assert set(result["dice"]) == {"WT", "TC", "ET", "RC"} and result["dice"]["RC"] == 1.0
+    assert result["mean"]["lesionwise_2025"]["RC"]["tp"] == 1
+    # the same label map in a pre-treatment (2023) case: an error that names the choices
+    _small_case(data, "BraTS-GLI-00003-000", "-", M23, lab, pred=lab, preds=preds)
+    with pytest.raises(ValueError, match=r"BraTS-GLI-00003-000-seg.nii.gz has label values \[4\] "
+                                         r"outside the brats2023 labels.*brats2021, brats2023, "
+                                         r"brats2024"):
+        _evaluate(preds, data)
+    assert _evaluate(preds, data, labels="brats2024")["cases"] == 2
+
+
+def test_evaluation_refuses_wrong_labels_shifted_affines_and_other_shapes(tmp_path):
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    lab = _lab([2, 1, 4])
+    _small_case(data, "BraTS2021_00001", "_", M21, lab, pred=_lab([2, 3, 9]), preds=preds)
+    with pytest.raises(ValueError, match=r"BraTS2021_00001_seg.nii.gz has label values \[3, 9\] "
+                                         r"outside the brats2021 labels \[0, 1, 2, 4\]"):
+        _evaluate(preds, data)
+    shifted = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted[0, 3] = 30.0
+    _write(preds / "BraTS2021_00001_seg.nii.gz", lab, shifted)
+    with pytest.raises(volumetric.NiftiError,
+                       match=r"prediction .*preds/BraTS2021_00001_seg.nii.gz and its label "
+                             r".*data/BraTS2021_00001/BraTS2021_00001_seg.nii.gz have "
+                             r"different affines"):
+        _evaluate(preds, data)
+    _write(preds / "BraTS2021_00001_seg.nii.gz", lab[:, :, :6], np.eye(4))
+    with pytest.raises(volumetric.NiftiError,
+                       match=r"preds/BraTS2021_00001_seg.nii.gz has shape \(12, 12, 6\) but its "
+                             r"label .*BraTS2021_00001_seg.nii.gz has \(12, 12, 8\)"):
+        _evaluate(preds, data)
+    _write(preds / "BraTS2021_00001_seg.nii.gz", lab, np.eye(4))
+    result = _evaluate(preds, data, metrics=["global", "nsd", "lesionwise"])
+    assert result["dice"] == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    assert result["mean"]["lesionwise_2023"]["ET"]["dice"] == 1.0
+    assert result["mean"]["nsd"]["WT"]["nsd"] == 1.0
