@@ -9,7 +9,7 @@
 """
 
 from . import catalog  # noqa: F401  (registers every model and shipped weights)
-from .api import info, list_models, load
+from .api import check_weights, info, list_models, load
 from .registry import ModelSpec, PaperFigures, WeightsEntry, register
 from .weights import WeightsError
 
@@ -18,6 +18,7 @@ __all__ = [
     "PaperFigures",
     "WeightsEntry",
     "WeightsError",
+    "check_weights",
     "decode_predictions",
     "info",
     "list_models",

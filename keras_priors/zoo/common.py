@@ -7,6 +7,19 @@ import keras
 from ..layers import LowRankConv2D, RootConv2D
 
 
+def check_width(width):
+    """A width multiplier must be a positive number (0 or less used to give the narrowest
+    net instead of an error).
+
+    >>> check_width(0.5)
+    0.5
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width must be a positive multiplier such as 0.5, received "
+                         f"width={width!r}")
+    return float(width)
+
+
 def make_input(input_shape, default, min_size):
     """A keras.Input of `input_shape` (default `default`), checked like keras.applications."""
     shape = tuple(default if input_shape is None else input_shape)

@@ -17,7 +17,7 @@ import math
 
 import keras
 
-from .common import classifier, conv2d, make_input
+from .common import check_width, classifier, conv2d, make_input
 from .registry import ModelSpec, PaperFigures, register
 
 # (name, kernel, filters); filters None = the number of classes
@@ -42,13 +42,16 @@ def build_nin(overrides=None, width=1.0, include_top=True, input_shape=None, cla
               pooling=None, classifier_activation="softmax", name="nin"):
     """NiN with per-layer `overrides` {layer: dict(kernel=, filters=, kind=, groups=)}.
 
-    `width` scales every layer but the classifier (for small, fast variants).
+    `width` scales every layer but the classifier (for small, fast variants); a scaled
+    width is rounded to the nearest multiple of the groups of the layer and of the layer
+    it feeds (at least one such multiple), so grouped layers stay valid.
 
     >>> model = build_nin({"conv2a": {"groups": 8}, "conv3a": {"groups": 4}})
     >>> model.output_shape
     (None, 10)
     """
     overrides = overrides or {}
+    width = check_width(width)
     inputs = make_input(input_shape, (32, 32, 3), 8)
     x = inputs
     convs = [item[0] for item in BASE if isinstance(item, tuple)]

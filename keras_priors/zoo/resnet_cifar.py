@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import keras
 
-from .common import classifier, conv2d, make_input
+from .common import check_width, classifier, conv2d, make_input
 from .registry import ModelSpec, register
 
 
@@ -30,7 +30,8 @@ def _bn_relu(x, name, relu=True):
 
 def build_resnet_cifar(cfg: CifarResNetConfig, include_top=True, input_shape=None, classes=10,
                        pooling=None, classifier_activation="softmax", name="resnet20", width=1.0):
-    """A CIFAR ResNet of `cfg.depth` layers; `width` scales every stage's filters.
+    """A CIFAR ResNet of `cfg.depth` layers; `width` scales every stage's filters, rounded to
+    the nearest multiple of the stage's groups (at least one multiple).
 
     >>> build_resnet_cifar(CifarResNetConfig(groups=(4, 2, 1)), input_shape=(28, 28, 1)).output_shape
     (None, 10)
@@ -38,6 +39,7 @@ def build_resnet_cifar(cfg: CifarResNetConfig, include_top=True, input_shape=Non
     if (cfg.depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2, received depth={cfg.depth}")
     n = (cfg.depth - 2) // 6
+    width = check_width(width)
     inputs = make_input(input_shape, (32, 32, 3), 8)
     widths = [max(g, int(round(w * width / g)) * g) for w, g in zip(cfg.widths, cfg.groups)]
     x = _bn_relu(conv2d(inputs, widths[0], 3, use_bias=False, name="conv1"), "conv1")

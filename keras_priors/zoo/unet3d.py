@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from ..layers import LowRankConv3D, RootConv3D
+from .common import check_width
 from .registry import ModelSpec, register
 
 CONV_TYPES = ("full", "lowrank", "root")
@@ -34,9 +36,8 @@ def _conv(x, filters, cfg, name, first):
     if cfg.conv == "lowrank":
         return LowRankConv3D(filters, 3, basis=cfg.basis, padding="same", use_bias=False,
                              name=name)(x)
-    if cfg.conv == "root":
-        groups = cfg.groups if x.shape[-1] % cfg.groups == 0 and filters % cfg.groups == 0 else 1
-        return RootConv3D(filters, 3, groups=groups, combine=True, padding="same",
+    if cfg.conv == "root":  # level_widths made every width (and so every input) divisible
+        return RootConv3D(filters, 3, groups=cfg.groups, combine=True, padding="same",
                           use_bias=False, name=name)(x)
     raise ValueError(f"conv must be one of {CONV_TYPES}, received conv={cfg.conv!r}")
 
@@ -56,13 +57,48 @@ def _block(x, filters, cfg, name, first=False):
     return x
 
 
+def level_widths(cfg: UNet3DConfig, width=1.0):
+    """The filters of each level: `cfg.widths` as given when `width` is 1; otherwise each
+    scaled by `width` and rounded to the nearest multiple of `cfg.groups` (at least
+    `cfg.groups`), so that all conv types of one width multiplier have the same channels.
+    A root U-Net's widths must be divisible by its groups (an error names the width).
+
+    >>> level_widths(UNet3DConfig("root", widths=(16, 32)), width=1 / 3)
+    [4, 12]
+    >>> level_widths(UNet3DConfig("full", widths=(6, 12)))
+    [6, 12]
+    """
+    width = check_width(width)
+    if cfg.conv not in CONV_TYPES:
+        raise ValueError(f"conv must be one of {CONV_TYPES}, received conv={cfg.conv!r}")
+    if (isinstance(cfg.groups, bool) or not isinstance(cfg.groups, int) or cfg.groups < 1):
+        raise ValueError(f"groups must be a positive integer, received groups={cfg.groups!r}")
+    if not cfg.widths or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
+                             for w in cfg.widths):
+        raise ValueError(f"widths must be positive integers, one per level, received "
+                         f"widths={tuple(cfg.widths)!r}")
+    if width != 1:
+        return [max(cfg.groups, int(round(w * width / cfg.groups)) * cfg.groups)
+                for w in cfg.widths]
+    if cfg.conv == "root":
+        bad = [int(w) for w in cfg.widths if w % cfg.groups]
+        if bad:
+            raise ValueError(f"widths={tuple(int(w) for w in cfg.widths)}: width {bad[0]} is not "
+                             f"divisible by groups={cfg.groups} (root convs split every level's "
+                             "filters into groups)")
+    return [int(w) for w in cfg.widths]
+
+
 def build_unet3d(cfg: UNet3DConfig = UNet3DConfig(), input_shape=(64, 64, 64, 4), classes=3,
                  activation="sigmoid", name="unet3d", width=1.0):
-    """A 3D U-Net; spatial input sizes must be divisible by 2**(levels-1).
+    """A 3D U-Net; spatial input sizes must be divisible by 2**(levels-1); the filters of
+    each level are `level_widths(cfg, width)`.
 
     >>> build_unet3d(UNet3DConfig("lowrank", widths=(8, 16)), (16, 16, 16, 4)).output_shape
     (None, 16, 16, 16, 3)
     """
+    if cfg.norm not in ("instance", "batch"):
+        raise ValueError(f"norm must be 'batch' or 'instance', received norm={cfg.norm!r}")
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (X, Y, Z, channels), received {input_shape!r}")
     factor = 2 ** (len(cfg.widths) - 1)
@@ -71,7 +107,7 @@ def build_unet3d(cfg: UNet3DConfig = UNet3DConfig(), input_shape=(64, 64, 64, 4)
             raise ValueError(
                 f"input_shape={tuple(input_shape)}: spatial sizes must be divisible by {factor} "
                 f"for {len(cfg.widths)} levels")
-    widths = [max(cfg.groups, int(round(w * width / cfg.groups)) * cfg.groups) for w in cfg.widths]
+    widths = level_widths(cfg, width)
     inputs = keras.Input(tuple(input_shape), name="input")
     skips, x = [], inputs
     for level, w in enumerate(widths):

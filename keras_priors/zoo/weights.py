@@ -59,6 +59,31 @@ def verify(path, sha256, what="weights file") -> Path:
     return path
 
 
+def check_readable(path) -> Path:
+    """Raise WeightsError unless `path` opens as what its name says: a `.keras` archive (a
+    zip file) or an HDF5 weights file (`.h5`, `.weights.h5`). Other suffixes pass as is."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise WeightsError(f"{path} is not a valid .keras archive (not a zip file): it is "
+                               "truncated, corrupt or another format")
+    elif path.suffix == ".h5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as e:
+            reason = str(e).split("(")[-1].rstrip(")") if "(" in str(e) else str(e)
+            raise WeightsError(f"weights file {path} is not a readable HDF5 file ({reason}): "
+                               "it is truncated, corrupt or another format") from None
+    return path
+
+
 def _resource_path(spec: str) -> Path:
     module, _, rel = spec.partition("/")
     found = importlib.util.find_spec(module)
