@@ -3,7 +3,7 @@
     keras-priors seg synth OUT_DIR [--cases N] [--seed S]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
-    keras-priors seg evaluate --pred DIR --data DIR
+    keras-priors seg evaluate --pred DIR --data DIR [--metrics global,lesionwise,nsd] [--json FILE]
 
 Hooked into keras_priors.cli with `add_parser(sub)`.
 """
@@ -38,9 +38,34 @@ def run(args):
                     weights=args.weights, tta=args.tta or False, png=args.png,
                     postprocess={k: v for k, v in post.items() if v is not None} or None)
         return 0
-    result = seg.evaluate_predictions(args.pred, args.data, args.layout)
-    print(json.dumps(result if args.per_case else
-                     {k: v for k, v in result.items() if k != "per_case"}, indent=1))
+    if args.seg_command == "evaluate":
+        return _evaluate(args)
+    raise ValueError(f"unknown seg command {args.seg_command!r}")
+
+
+def _evaluate(args):
+    """`seg evaluate`: a table on stdout; the JSON to --json FILE ('-': stdout instead)."""
+    from pathlib import Path
+
+    from .. import io
+    from . import evaluation, metrics
+
+    names = metrics.metric_names(args.metrics)  # bad names fail before any reading
+    out = None if args.json in (None, "-") else Path(args.json)
+    if out is not None:
+        if out.suffix.lower() in (".nii", ".gz") or out.name.endswith(".nii.gz"):
+            raise ValueError(f"--json {out} looks like a NIfTI file; give a .json path")
+        if not args.force:
+            io.refuse_existing(out)
+    result = evaluation.evaluate_predictions(args.pred, args.data, args.layout, names,
+                                             labels=args.labels)
+    if args.json == "-":
+        print(json.dumps(result, indent=1, default=io.jsonable))
+        return 0
+    print(evaluation.format_table(result, per_case=args.per_case))
+    if out is not None:
+        io.write_json(out, result)
+        print(f"wrote {out}")
     return 0
 
 
@@ -99,9 +124,18 @@ def add_parser(sub):
     p.add_argument("--png", action="store_true",
                    help="also write <case>_overlay.png: axial slices, labels over FLAIR/T1ce")
     p.set_defaults(func=run)
-    p = seg.add_parser("evaluate", help="Dice / HD95 of predictions against labels")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--data", required=True)
+    p = seg.add_parser("evaluate", help="BraTS metrics of predictions against labels: global "
+                       "Dice / HD95, NSD, lesion-wise (2023/2024 and 2025 rules)")
+    p.add_argument("--pred", required=True, help="folder of <case>_seg.nii.gz predictions")
+    p.add_argument("--data", required=True, help="the labelled dataset")
     p.add_argument("--layout", default="auto")
-    p.add_argument("--per-case", action="store_true")
+    p.add_argument("--metrics", default="global",
+                   help="comma-separated: global, nsd, lesionwise (= lesionwise_2023), "
+                        "lesionwise_2025 (default: global)")
+    p.add_argument("--labels", default=None, choices=["brats2021", "brats2023", "brats2024"],
+                   help="label scheme (default: from the case names)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write all scores as JSON to FILE ('-': JSON on stdout, no table)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    p.add_argument("--per-case", action="store_true", help="print a table for every case too")
     p.set_defaults(func=run)
