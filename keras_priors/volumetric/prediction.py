@@ -365,7 +365,8 @@ def _infer(model, case, images, ref, batch_size=2, tta=False):
 
 
 def _region_layout(case):
-    return "msd_brats" if case.layout == "msd" else case.layout
+    """The label scheme a region map is written back in (the case's own where it names one)."""
+    return case.extra.get("labels") or ("msd_brats" if case.layout == "msd" else case.layout)
 
 
 @dataclass
@@ -398,7 +399,9 @@ def check_predict(model, inputs, out_dir, layout="auto", overwrite=False, weight
     case; --out naming an existing file; two cases with one case id. Refused without
     --force: existing outputs, all listed. Then each case is read once: unreadable files,
     images off the label's grid, modalities the model was not trained on, and images with
-    no finite voxel or a constant value are refused, naming the file.
+    no finite voxel or a constant value are refused, naming the file. So each case's images
+    are read twice (here and at inference): the price of naming a broken case before any
+    model is built or any output is written.
     """
     tta_flips(tta)
     postprocess = check_postprocess(postprocess)
@@ -503,7 +506,11 @@ def predict(model, inputs, out_dir, layout="auto", overwrite=False, progress=pri
         if postprocess:
             labels = postprocess_labels(labels, case.regions, float(np.prod(ref.zooms)),
                                         **postprocess)
-        path = write_like(ref, labels, seg_path, overwrite=overwrite)
+        try:
+            path = write_like(ref, labels, seg_path, overwrite=overwrite)
+        except FileExistsError:  # appeared after the checks
+            raise FileExistsError(f"{seg_path} exists (written while predicting); pass --force "
+                                  "to replace it") from None
         written.append(path)
         if png_path is not None:
             name, background = overlay_background(case, images)

@@ -360,3 +360,23 @@ def test_cli_predict_with_tta_postprocess_and_png(dataset, run_folder, tmp_path,
     assert "--force" in err
     assert _hashes(dataset) == before
     assert json.loads((run_folder / "split.json").read_text())["outputs"] == 3
+
+
+def test_manifest_inputs_guard_the_folders_holding_their_files(dataset, model, no_model,
+                                                               tmp_path):
+    case = dataset / "BraTS2021_00000"
+    rows = [{"id": "a", "label": str(case / "BraTS2021_00000_seg.nii.gz"),
+             "images": {m: str(case / f"BraTS2021_00000_{m}.nii.gz")
+                        for m in ("flair", "t1", "t1ce", "t2")}}]
+    manifest = tmp_path / "cases.json"
+    manifest.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=f"--out {case} is the input folder"):
+        prediction.check_predict(model, manifest, case, layout="manifest")
+    plan = prediction.check_predict(model, manifest, tmp_path / "preds", layout="manifest",
+                                    png=True)
+    [(checked, seg_path, png_path)] = plan.jobs
+    assert checked.case_id == "a" and seg_path == tmp_path / "preds" / "a_seg.nii.gz"
+    assert png_path == tmp_path / "preds" / "a_overlay.png"
+    with pytest.raises(ValueError, match=r"several cases named \['a'\]"):
+        manifest.write_text(json.dumps(rows * 2))
+        prediction.check_predict(model, manifest, tmp_path / "preds", layout="manifest")
