@@ -30,7 +30,7 @@ import numpy as np
 from .. import io, zoo
 from . import inference
 from .config import SegConfig, build
-from .layouts import discover, from_regions, load_case
+from .layouts import REGIONS, discover, from_regions, load_case
 from .nifti import require_signal, write_like
 from .pipeline import zscore
 
@@ -366,7 +366,10 @@ def _infer(model, case, images, ref, batch_size=2, tta=False):
 
 def _region_layout(case):
     """The label scheme a region map is written back in (the case's own where it names one)."""
-    return case.extra.get("labels") or ("msd_brats" if case.layout == "msd" else case.layout)
+    scheme = case.extra.get("labels")  # a scheme name for BraTS; MSD keeps its label names
+    if isinstance(scheme, str) and scheme in REGIONS:
+        return scheme
+    return "msd_brats" if case.layout == "msd" else case.layout
 
 
 @dataclass

@@ -380,3 +380,34 @@ def test_manifest_inputs_guard_the_folders_holding_their_files(dataset, model, n
     with pytest.raises(ValueError, match=r"several cases named \['a'\]"):
         manifest.write_text(json.dumps(rows * 2))
         prediction.check_predict(model, manifest, tmp_path / "preds", layout="manifest")
+
+
+def test_msd_dataset_predicts_in_its_own_labels_and_guards_its_root(dataset, tmp_path):
+    """An MSD Task01-style dataset (one 4D image per case) built from a synthetic case."""
+    src = dataset / "BraTS2021_00000"
+    root = tmp_path / "Task01_BrainTumour"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    flair = nib.load(src / "BraTS2021_00000_flair.nii.gz")
+    stack = np.stack([np.asarray(nib.load(src / f"BraTS2021_00000_{m}.nii.gz").dataobj)
+                      for m in ("flair", "t1", "t1ce", "t2")], axis=-1)
+    nib.save(nib.Nifti1Image(stack, flair.affine), root / "imagesTr" / "BRATS_001.nii.gz")
+    seg = np.asarray(nib.load(src / "BraTS2021_00000_seg.nii.gz").dataobj)
+    msd = np.select([seg == 2, seg == 1, seg == 4], [1, 2, 3], 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(msd, flair.affine), root / "labelsTr" / "BRATS_001.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor",
+                   "3": "enhancing tumour"},
+        "training": [{"image": "./imagesTr/BRATS_001.nii.gz",
+                      "label": "./labelsTr/BRATS_001.nii.gz"}]}))
+    model = _pointwise_model()
+    model.seg_split = {k: v for k, v in model.seg_split.items() if k != "modalities"}
+    with pytest.raises(ValueError, match="is inside the input folder .*Task01_BrainTumour: "):
+        prediction.predict(model, root, root / "preds", progress=None)
+    [written] = prediction.predict(model, root, tmp_path / "preds", png=True,
+                                   postprocess={"et_min": 1e9}, progress=None)
+    labels = np.asarray(nib.load(written).dataobj)
+    assert written.name == "BRATS_001_seg.nii.gz" and labels.shape == msd.shape
+    assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 2).any()  # ET became MSD's 2
+    assert (tmp_path / "preds" / "BRATS_001_overlay.png").is_file()
