@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import keras
 
-__all__ = ["Profile", "Row", "profile", "layer_macs", "format_count"]
+__all__ = ["Call", "Profile", "Row", "format_count", "functional", "input_layers",
+           "layer_macs", "profile", "walk"]
 
 
 @dataclass
@@ -168,25 +169,74 @@ def layer_macs(layer, input_shape, output_shape):
 
 
 # --------------------------------------------------------------------- graph
+@dataclass(frozen=True)
+class Call:
+    """One layer call of a functional graph: `layer(*args, **kwargs) -> outputs`, with the
+    graph's own symbolic tensors (`inputs` are the tensors among the arguments)."""
+
+    layer: object
+    args: tuple
+    kwargs: dict
+    inputs: list
+    outputs: list
+
+
+def functional(model, what="this function"):
+    """`model` as a functional graph: a Functional model itself, a built Sequential as a
+    Functional model over the same layers (nothing is copied); else a ValueError."""
+    if isinstance(model, keras.Sequential):
+        try:
+            return keras.Model(model.inputs, model.outputs, name=model.name)
+        except (AttributeError, ValueError):
+            model = None
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        name = f" {model.name!r}" if isinstance(model, keras.Model) else ""
+        raise ValueError(
+            f"{what} needs a built Functional or Sequential model;{name} "
+            f"({type(model).__name__}) has no layer graph. Build it on a keras.Input first."
+        )
+    return model
+
+
+def input_layers(model):
+    """The InputLayer of each of `model.inputs`, in order."""
+    by_output = {id(op.output): op for op in model.operations
+                 if isinstance(op, keras.layers.InputLayer)}
+    return [by_output[id(x)] for x in model.inputs]
+
+
+def walk(model):
+    """Every layer call of a functional `model` (see `functional`) as a `Call`, inputs
+    excluded, in an order where each call comes after the calls producing its arguments.
+
+    The one graph walker of the package (profiles, lowering, the tfmot bridge). Keras has
+    no public per-call view of a functional graph, so it reads `Functional._nodes_by_depth`,
+    the order Keras itself runs the graph in (docs/export.md, "Internals we rely on").
+    """
+    model = functional(model, "walk")
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or not node.operation:
+                continue
+            args, kwargs = node.arguments.args, node.arguments.kwargs
+            inputs = [t for t in keras.tree.flatten((args, kwargs))
+                      if isinstance(t, keras.KerasTensor)]
+            yield Call(node.operation, tuple(args), dict(kwargs), inputs, list(node.outputs))
+
+
 def _shape(tensors):
-    tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
     shapes = [tuple(t.shape) for t in tensors if hasattr(t, "shape")]
     return shapes[0] if len(shapes) == 1 else tuple(shapes)
 
 
 def _calls(model):
-    """(layer, input_shape, output_shape) for every layer call of a Functional model."""
-    graph = getattr(model, "_functional", None) or model
-    if not hasattr(graph, "_nodes_by_depth"):
-        raise ValueError(
-            f"profile needs a built Functional or Sequential model; {model.name!r} "
-            f"({type(model).__name__}) has no layer graph. Build it on a keras.Input first."
-        )
-    nodes = {id(n) for group in graph._nodes_by_depth.values() for n in group}
+    """(layer, input_shape, output_shape) for every layer call, layers in model order."""
+    calls = {}
+    for call in walk(functional(model, "profile")):
+        calls.setdefault(id(call.layer), []).append(call)
     for layer in model.layers:
-        for node in layer._inbound_nodes:
-            if id(node) in nodes:
-                yield layer, _shape(node.input_tensors), _shape(node.output_tensors)
+        for call in calls.get(id(layer), []):
+            yield layer, _shape(call.inputs), _shape(call.outputs)
 
 
 def _rows(model, depth, unknown):

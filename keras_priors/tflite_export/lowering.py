@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from ..complexity import functional, input_layers, walk
 from ..layers import LowRankConv, RootConv
 
 TARGETS = ("cpu", "edgetpu")
@@ -123,17 +124,16 @@ def non_unit_violations(model, limit=MAX_NON_UNIT_DIMS):
     ['tensor of shape (1, 4, 4, 4, 2) has 4 dimensions larger than 1 (limit 3)', ...]
     """
     found, seen = [], set()
-    model = _graph(model)
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            for t in node.output_tensors:
-                n = sum(1 for i, d in enumerate(t.shape) if (d is None and i) or (d or 0) > 1)
-                if n > limit and id(t) not in seen:
-                    seen.add(id(t))
-                    found.append({"layer": node.operation.name,
-                                  "class": type(node.operation).__name__,
-                                  "reason": f"tensor of shape {tuple(t.shape)} has {n} "
-                                            f"dimensions larger than 1 (limit {limit})"})
+    model = functional(model, "non_unit_violations")
+    produced = [(layer, [x]) for layer, x in zip(input_layers(model), model.inputs)]
+    for layer, tensors in produced + [(c.layer, c.outputs) for c in walk(model)]:
+        for t in tensors:
+            n = sum(1 for i, d in enumerate(t.shape) if (d is None and i) or (d or 0) > 1)
+            if n > limit and id(t) not in seen:
+                seen.add(id(t))
+                found.append({"layer": layer.name, "class": type(layer).__name__,
+                              "reason": f"tensor of shape {tuple(t.shape)} has {n} "
+                                        f"dimensions larger than 1 (limit {limit})"})
     return found
 
 
@@ -154,18 +154,10 @@ def lower(model, target="cpu", batch_size=None):
     """
     if target not in TARGETS:
         raise ValueError(f"Unknown target={target!r}; choose one of {', '.join(TARGETS)}")
-    graph = _graph(model) if isinstance(model, keras.Model) else None
-    if not hasattr(graph, "_nodes_by_depth"):
-        raise ValueError("lower() needs a built functional or Sequential keras.Model, received "
-                         f"{type(model).__name__}")
+    graph = functional(model, "lower()")
     if batch_size not in (None, 1):
         raise ValueError(f"batch_size must be None or 1, received batch_size={batch_size!r}")
     return _Lowering(graph, target, batch_size).run()
-
-
-def _graph(model):
-    """The functional graph of a model (a built Sequential keeps one inside)."""
-    return getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
 
 
 def _numpy(v):
@@ -329,8 +321,7 @@ class _Lowering:
         model, tensors = self.model, {}
         inputs, in_geom = [], []
         rows_mode = self.rows_mode
-        for x in model.inputs:
-            layer = x._keras_history.operation
+        for x, layer in zip(model.inputs, input_layers(model)):
             shape = tuple(x.shape)
             self.cur = layer.name
             if rows_mode and len(shape) == 5 and shape[0] in (None, 1) and None not in shape[1:]:
@@ -346,15 +337,14 @@ class _Lowering:
             tensors[id(x)] = new
             inputs.append(new)
             in_geom.append(self.geom.get(id(new)))
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
-                if node.is_input or not node.operation:
-                    continue
-                args, kwargs = node.arguments.fill_in(tensors)
-                self.cur = node.operation.name
-                outs = self.lower_node(node.operation, args, kwargs)
-                for old, new in zip(node.outputs, keras.tree.flatten(outs)):
-                    tensors[id(old)] = new
+        for call in walk(model):
+            args, kwargs = keras.tree.map_structure(
+                lambda t: tensors[id(t)] if isinstance(t, keras.KerasTensor) else t,
+                (call.args, call.kwargs))
+            self.cur = call.layer.name
+            outs = self.lower_node(call.layer, args, kwargs)
+            for old, new in zip(call.outputs, keras.tree.flatten(outs)):
+                tensors[id(old)] = new
         outputs = [tensors[id(y)] for y in model.outputs]
         out_geom = [self.geom.get(id(y)) for y in outputs]
         lowered = keras.Model(inputs if len(inputs) > 1 else inputs[0],
@@ -547,8 +537,10 @@ class _Lowering:
         cl = df == "channels_last"
         spatial = tuple(x.shape[1:-1] if cl else x.shape[2:])
         axis = -1 if cl else 1
+        dec = layer.decompose(x.shape)
         if isinstance(layer, RootConv):
-            kernel, bias = _numpy(layer.kernel), _numpy(layer.bias)
+            (step,) = dec.steps
+            kernel, bias = _numpy(step.kernel), _numpy(step.bias)
             split = layer.groups > 1 and (rank == 3 or self.target == "edgetpu")
             if split and None in spatial:
                 self.report(layer.name, type(layer).__name__, "grouped conv with dynamic "
@@ -565,34 +557,32 @@ class _Lowering:
                                      layer.dilation_rate, df, groups=layer.groups)
                 what, pass_name = f"one Conv{rank}D(groups={layer.groups})", "builtin_structured"
         else:
-            y, what, pass_name = self.native_lowrank(layer, x, spatial, axis), \
-                f"{len(layer.members)} members", "builtin_structured"
-        y = self.finish(layer, y, lambda t, k, b: self.conv_native(t, k, b, "combine",
+            y, what, pass_name = self.native_lowrank(dec, x, axis), \
+                f"{len(dec.steps)} members", "builtin_structured"
+        y = self.finish(dec, y, lambda t, k, b: self.conv_native(t, k, b, "combine",
                                                                      data_format=df))
         self.note(layer, pass_name, what + (" + 1x1 combine" if layer.combine else ""))
         return y
 
-    def native_lowrank(self, layer, x, spatial, axis):
-        kernels = [_numpy(k) for k in layer.basis_kernels]
-        biases = [_numpy(b) for b in layer.basis_biases]
-        df = layer.data_format
-        if layer.sequential:
-            for i, (k, b, s) in enumerate(zip(kernels, biases, layer._stage_strides())):
-                x = self.conv_native(x, k, b, f"m{i}", layer.padding, s, layer.dilation_rate, df)
+    def native_lowrank(self, dec, x, axis):
+        """The parallel or sequential steps of a low-rank `Decomposition`."""
+        def conv(t, i, step):
+            return self.conv_native(t, _numpy(step.kernel), _numpy(step.bias), f"m{i}",
+                                    step.padding, step.strides, step.dilation_rate,
+                                    dec.data_format)
+        if dec.sequential:
+            for i, step in enumerate(dec.steps):
+                x = conv(x, i, step)
             return x
-        outs = []
-        for i, ((shape, _), k, b) in enumerate(zip(layer.members, kernels, biases)):
-            mode = layer._member_padding(shape, spatial)
-            outs.append(self.conv_native(x, k, b, f"m{i}", mode, layer.strides,
-                                         layer.dilation_rate, df))
+        outs = [conv(x, i, step) for i, step in enumerate(dec.steps)]
         return outs[0] if len(outs) == 1 else self.op(L.Concatenate, "concat", outs, axis=axis)
 
-    def finish(self, layer, y, conv1):
-        """Combination conv, then activation, as StructuredConv.call does."""
-        if layer.combine:
-            y = conv1(y, _numpy(layer.combine_kernel), _numpy(layer.combine_bias))
-        if not _is_linear(layer.activation):
-            y = self.op(L.Activation, "act", y, layer.activation)
+    def finish(self, dec, y, conv1):
+        """Combination conv, then activation, of a `Decomposition`."""
+        if dec.combine is not None:
+            y = conv1(y, _numpy(dec.combine.kernel), _numpy(dec.combine.bias))
+        if not _is_linear(dec.activation):
+            y = self.op(L.Activation, "act", y, dec.activation)
         return y
 
     # ------------------------------------------------------------ row layout (3D)
@@ -701,8 +691,10 @@ def _rows_root(low, layer, x):
         return why
     pads = _conv_pads(layer.kernel_size, layer.padding)
     out = _out_geom(low.geom[id(x)], layer.kernel_size, pads)
-    y = low.grouped_rows(x, layer.groups, _numpy(layer.kernel), _numpy(layer.bias), pads)
-    y = low.finish(layer, low.rows(y, out),
+    dec = layer.decompose()
+    (step,) = dec.steps
+    y = low.grouped_rows(x, layer.groups, _numpy(step.kernel), _numpy(step.bias), pads)
+    y = low.finish(dec, low.rows(y, out),
                    lambda t, k, b: low.conv_rows(t, k, b, ((0, 0),) * 3, "combine"))
     low.note(layer, ROWS, f"{layer.groups} groups split; {tuple(layer.kernel_size)} conv3d as "
              "2D convs on rows" + (" + 1x1 combine" if layer.combine else ""))
@@ -713,23 +705,23 @@ def _rows_lowrank(low, layer, x):
     why = _plain_ok(layer)
     if why:
         return why
-    geom = low.geom[id(x)]
-    kernels = [_numpy(k) for k in layer.basis_kernels]
-    biases = [_numpy(b) for b in layer.basis_biases]
-    if layer.sequential:
-        for i, ((shape, _), k, b) in enumerate(zip(layer.members, kernels, biases)):
-            x = low.conv_rows(x, k, b, _conv_pads(shape, layer.padding), f"m{i}")
+    dec = layer.decompose((1, *low.geom[id(x)], x.shape[-1]))
+
+    def conv(t, i, step):
+        kernel = _numpy(step.kernel)
+        pads = step.padding if not isinstance(step.padding, str) else \
+            _conv_pads(kernel.shape[:3], step.padding)
+        return low.conv_rows(t, kernel, _numpy(step.bias), pads, f"m{i}")
+    if dec.sequential:
+        for i, step in enumerate(dec.steps):
+            x = conv(x, i, step)
         y = x
     else:
-        outs = []
-        for i, ((shape, _), k, b) in enumerate(zip(layer.members, kernels, biases)):
-            mode = layer._member_padding(shape, geom)
-            pads = mode if not isinstance(mode, str) else _conv_pads(shape, mode)
-            outs.append(low.conv_rows(x, k, b, pads, f"m{i}"))
+        outs = [conv(x, i, step) for i, step in enumerate(dec.steps)]
         y = outs[0] if len(outs) == 1 else low.rows(
             low.op(L.Concatenate, "concat", outs, axis=-1), low.geom[id(outs[0])])
     out = low.geom[id(y)]
-    y = low.finish(layer, y, lambda t, k, b: low.conv_rows(t, k, b, ((0, 0),) * 3, "combine"))
+    y = low.finish(dec, y, lambda t, k, b: low.conv_rows(t, k, b, ((0, 0),) * 3, "combine"))
     shapes = ", ".join("x".join(map(str, s)) for s, _ in layer.members)
     low.note(layer, ROWS, f"members {shapes} as 2D convs on rows"
              + (" + 1x1 combine" if layer.combine else ""))
