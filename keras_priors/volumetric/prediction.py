@@ -234,7 +234,7 @@ def postprocess_labels(labels, regions, voxel_mm3, et_min=0.0, et_total_min=0.0)
 # ---------------------------------------------------------------- PNG overlays
 
 OVERLAY_PANEL_PX = 256  # each slice panel is this many pixels square
-OVERLAY_TITLE_PX = 24  # a band above the panels for the case name and slice numbers
+OVERLAY_TITLE_PX = 24  # a band above the panels for the case name
 OVERLAY_SLICES = 3
 # background preference: FLAIR, then T1ce (BraTS 2021 and 2023 names)
 OVERLAY_BACKGROUND = ("flair", "t2f", "t1ce", "t1c")
@@ -319,11 +319,14 @@ def write_overlay(path, background, labels, zooms=(1.0, 1.0, 1.0), regions=None,
             rgba[labels[:, :, z] == value] = (*rgb, alpha)
         ax.imshow(rgba.transpose(1, 0, 2), origin="lower", aspect=aspect,
                   interpolation="nearest")
-        fig.text((i + 0.5) / n, 1 - band / 2 / (panel + band), f"z={z}", color="white",
-                 ha="center", va="center", fontsize=9)
+        fig.text(i / n + 0.01, 0.02, f"z={z}", color="white", ha="left", va="bottom",
+                 fontsize=9)
+    top = 1 - band / 2 / (panel + band)
     if title:
-        fig.text(0.01, 1 - band / 2 / (panel + band), title, color="white", ha="left",
-                 va="center", fontsize=9)
+        fig.text(0.01, top, title, color="white", ha="left", va="center", fontsize=9)
+    if regions and {"WT", "TC", "ET"} <= set(regions):
+        fig.text(0.99, top, "green oedema, red necrosis, yellow enhancing", color="white",
+                 ha="right", va="center", fontsize=9)
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
     return Path(path)
