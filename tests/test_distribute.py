@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_priors import distribute, training
+from keras_priors import distribute, runs
 
 TINY = dict(model="nin_root8", width=0.125, batch_size=64, limit_train=192, limit_test=64,
             warmup_epochs=0.0, epochs=1)  # 3 steps
@@ -37,7 +37,7 @@ if args["strategy"] == "mirrored":  # logical devices first, before TensorFlow i
     distribute.configure_logical_cpus(2)
 import numpy as np
 import keras
-from keras_priors import training
+from keras_priors import runs, training
 if args["float64"]:  # fit sets the dtype policy from the config: make it float64
     keras.config.set_floatx("float64")
     training._policy = lambda cfg: "float64"
@@ -57,7 +57,7 @@ result = training.fit(cfg, args["out"], resume=args["resume"], verbose=0,
                       strategy=args["strategy"])
 out = Path(args["weights"])
 np.savez(out, *[np.asarray(w) for w in training.keras.saving.load_model(
-    training.checkpoint_path(args["out"], json.loads((Path(args["out"]) / "state.json").read_text()))
+    runs.checkpoint_path(args["out"], json.loads((Path(args["out"]) / "state.json").read_text()))
 ).get_weights()] if distribute.is_chief() else [])
 print("RESULT", json.dumps({"replicas": result.get("replicas"), "chief": distribute.is_chief()}))
 '''
@@ -176,7 +176,7 @@ def test_killed_worker_fails_bounded_and_resumes_on_one_worker(tmp_path):
     assert time.time() - t0 < 120
     state = json.loads((out / "state.json").read_text())
     assert 1 <= state["epoch"] < 4, "the run was not interrupted mid-way"
-    keras.saving.load_model(training.checkpoint_path(out, state))  # still intact
+    keras.saving.load_model(runs.checkpoint_path(out, state))  # still intact
 
     proc = _worker(tmp_path, out, tmp_path / "resumed.npz", "multiworker", cfg,
                    _cluster_env(_free_ports(1), 0), resume=True, no_dropout=False,
@@ -229,8 +229,7 @@ import numpy as np
 from keras_priors import volumetric as seg
 cfg = seg.SegConfig(data=args["data"], patch=(16, 16, 16), widths=(8, 16), epochs=1,
                     steps_per_epoch=2, val_fraction=0.34, batch_size=2)
-result = seg.fit_segmentation(cfg, args["out"], verbose=0, strategy=args["strategy"],
-                              cache_dir=args["cache"])
+result = seg.fit_segmentation(cfg, args["out"], verbose=0, strategy=args["strategy"])
 model = seg.model_for_inference(args["out"])
 np.savez(args["weights"], *[np.asarray(w) for w in model.get_weights()])
 print("RESULT", json.dumps({"replicas": result.get("replicas")}))
@@ -240,15 +239,16 @@ print("RESULT", json.dumps({"replicas": result.get("replicas")}))
 @pytest.mark.slow  # two more TensorFlow processes and synthetic volumes: about a minute alone
 def test_segmentation_under_mirrored_equals_default(tmp_path):
     from keras_priors.volumetric import synthetic
+    from keras_priors.volumetric.prepare import prepare_dataset
 
-    synthetic.write_cases(tmp_path / "data", n=3, seed=0, downsample=4)
+    synthetic.write_cases(tmp_path / "cases", n=3, seed=0, downsample=4)
+    prepare_dataset(tmp_path / "cases", tmp_path / "data", workers=1)
     script = tmp_path / "seg_worker.py"
     script.write_text(SEG_WORKER)
     runs = {}
     for strategy in ("default", "mirrored"):
         args = dict(data=str(tmp_path / "data"), out=str(tmp_path / strategy),
-                    weights=str(tmp_path / f"{strategy}.npz"), strategy=strategy,
-                    cache=str(tmp_path / "cache"))
+                    weights=str(tmp_path / f"{strategy}.npz"), strategy=strategy)
         proc = subprocess.Popen([sys.executable, str(script), json.dumps(args)], env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         runs[strategy] = _done(proc)

@@ -1,6 +1,7 @@
 """`keras-priors seg`: segmentation on the command line.
 
     keras-priors seg synth OUT_DIR [--cases N] [--seed S]
+    keras-priors seg prepare DATA [--out PREPARED] [--workers N]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
     keras-priors seg evaluate --pred DIR --data DIR [--metrics global,lesionwise,nsd] [--json FILE]
@@ -24,12 +25,18 @@ def run(args):
                                         downsample=args.downsample)
         print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
         return 0
+    if args.seg_command == "prepare":
+        from .prepare import prepare_dataset
+
+        ds = prepare_dataset(args.data, args.out, layout=args.layout, workers=args.workers)
+        print(f"prepared {len(ds.case_ids)} cases in {ds.root}")
+        return 0
     if args.seg_command == "train":
         fields = seg.SegConfig.__dataclass_fields__
         cfg = seg.SegConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
         result = seg.fit_segmentation(cfg, args.out, resume=args.resume,
                                       verbose=0 if args.quiet else "auto",
-                                      strategy=argtypes.strategy(args))
+                                      strategy=argtypes.strategy(args), workers=args.workers)
         print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
         return 0
     if args.seg_command == "predict":
@@ -78,10 +85,20 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--downsample", type=int, default=2, help="1 = 1 mm, 2 = 2 mm voxels")
     p.set_defaults(func=run)
-    p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
-    p.add_argument("--data", required=True)
+    p = seg.add_parser("prepare", help="preprocess a dataset once into memory-mappable arrays")
+    p.add_argument("data", help="a dataset folder (BraTS, MSD or manifest layout)")
+    p.add_argument("--out", default=None,
+                   help="the prepared folder (default: a shared cache keyed by the data's content)")
     p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
-                                                         "brats2023", "msd", "manifest"])
+                                                         "brats2023", "brats2024", "msd",
+                                                         "manifest"])
+    p.add_argument("--workers", type=int, default=None, help="parallel processes")
+    p.set_defaults(func=run)
+    p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
+    p.add_argument("--data", required=True, help="a prepared folder (seg prepare) or a dataset")
+    p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
+                                                         "brats2023", "brats2024", "msd",
+                                                         "manifest"])
     p.add_argument("--model", default="unet3d_lowrank")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
@@ -98,6 +115,12 @@ def add_parser(sub):
     p.add_argument("--rotate", type=float, default=None, help="max axial rotation, degrees")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument("--val-every", type=int, default=None,
+                   help="epochs between validations during training (default 1; 0: only at the end)")
+    p.add_argument("--val-cases", type=int, default=None,
+                   help="held-out cases scored during training (default 3; all at the end)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes preparing a raw dataset and parallel patch loaders")
     p.add_argument("--quiet", action="store_true")
     argtypes.add_strategy_args(p)
     p.set_defaults(func=run)

@@ -25,6 +25,8 @@ class SegConfig:
     foreground: float = 0.5
     rotate: float = 0.0
     overlap: float = 0.5
+    val_every: int = 1  # epochs between validations during training (0: only at the end)
+    val_cases: int = 3  # held-out cases scored during training (all are scored at the end)
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)
@@ -32,6 +34,11 @@ class SegConfig:
             raise ValueError(f"patch must be three positive sizes, received patch={self.patch!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), received {self.val_fraction!r}")
+        for name in ("val_every", "val_cases", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name.startswith("val") else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name.startswith('val') else 'positive'} "
+                                 f"integer, received {name}={value!r}")
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
 

@@ -1,29 +1,36 @@
-"""Segmentation training on NIfTI datasets.
+"""Segmentation training on NIfTI datasets, out of core.
 
-    keras-priors seg train --data DIR --layout brats --model unet3d_lowrank --out runs/seg
+    keras-priors seg prepare DATA --out PREPARED          # once (or let train do it)
+    keras-priors seg train --data PREPARED_OR_DATA --model unet3d_lowrank --out runs/seg
 
-A run folder is laid out like a classification run (keras_priors.runs): config.json,
-per-epoch checkpoints committed by state.json (with the RNG states), log.csv, and at the
-end weights.weights.h5 and result.json with per-region Dice / HD95 on held-out cases.
+`--data` is a prepared folder (`seg prepare`) or a raw dataset, which is then prepared once
+into a cache shared by every run on the same files (keyed by their content). Patches are
+read from the prepared, memory-mapped arrays, so memory does not grow with the number of
+cases. Every `val_every` epochs the model is scored by sliding-window Dice on up to
+`val_cases` held-out cases; the best-scoring weights are kept as `best.weights.h5` beside
+the last. The run folder follows `keras_priors.runs` (exact resume, non-finite guard) and
+ends with `result.json`: Dice / HD95 per region on every held-out case.
+
+>>> cfg = SegConfig(data="data/synthetic_brats", model="unet3d_lowrank", epochs=2)
+>>> fit_segmentation(cfg, "runs/seg")["dice"]                       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import math
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from .. import complexity, io, training
+from .. import complexity, io, runs
+from . import inference, metrics
 from .config import SegConfig, build
-from .evaluation import evaluate_cases
-from .layouts import discover, load_case
 from .losses import DiceCELoss
-from .pipeline import patch_dataset, prepare
-from .prediction import model_for_inference
+from .pipeline import patch_dataset
 
-__all__ = ["SegConfig", "fit_segmentation", "split_cases"]
+__all__ = ["SegConfig", "fit_segmentation", "open_dataset", "score_prepared", "split_cases"]
 
 
 def split_cases(cases, val_fraction, seed):
@@ -36,87 +43,133 @@ def split_cases(cases, val_fraction, seed):
     return [cases[i] for i in range(len(cases)) if i not in val], [cases[i] for i in val]
 
 
-def _compile(model, cfg, steps, mode):
+def open_dataset(data, layout="auto", workers=None, progress=True):
+    """The PreparedDataset of `data`: a prepared folder as it is, a raw dataset prepared
+    (once) into the shared cache."""
+    from .prepare import PreparedDataset, prepare_dataset
+
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {data}: no such folder")
+    if (path / "manifest.json").is_file():
+        return PreparedDataset.open(path)
+    return prepare_dataset(path, None, layout=layout, workers=workers, progress=progress)
+
+
+def _compile(model, cfg, steps):
     total = max(cfg.epochs * steps, 1)
     lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=0.01)
     opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    model.compile(optimizer=opt, loss=DiceCELoss(mode=mode))
+    model.compile(optimizer=opt, loss=DiceCELoss(mode="sigmoid"))
 
 
-def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", cache_dir=None,
-                     strategy=None):
-    """Train on `cfg.data`, evaluate on held-out cases; returns the result dict.
+def _check_targets(dataset):
+    """Training needs region definitions or binary labels: a multi-class label map without
+    regions would be fitted as if every label were foreground."""
+    if dataset.regions:
+        return
+    for case_id in dataset.case_ids:
+        values = dataset.case(case_id).get("label_values") or []
+        if any(v > 1 for v in values):
+            raise ValueError(
+                f"case {case_id} has label values {values} but the dataset defines no regions: "
+                "multi-class label maps need region definitions (BraTS layouts, or 'regions' "
+                "in a manifest); otherwise give binary labels")
+
+
+def score_prepared(model, dataset, case_ids, overlap=0.5, hd95=False, batch_size=2):
+    """{case: {region: {"dice": d[, "hd95": h]}}} of `model` on prepared cases (sliding
+    window over the cropped, normalised arrays; one case in memory at a time)."""
+    names = list(dataset.regions) if dataset.regions else ["foreground"]
+    patch = tuple(model.input_shape[1:4])
+    out = {}
+    for case_id in case_ids:
+        x = np.asarray(dataset.images(case_id), np.float32)
+        truth = np.asarray(dataset.targets(case_id)) > 0
+        pred = inference.sliding_window(x, lambda b: np.asarray(model(b, training=False)),
+                                        patch, overlap, batch_size) > 0.5
+        if hd95:
+            out[case_id] = metrics.region_scores(pred, truth, names, dataset.spacing(case_id))
+        else:
+            out[case_id] = {n: {"dice": metrics.dice(pred[..., i], truth[..., i])}
+                            for i, n in enumerate(names)}
+    return out
+
+
+class Validation(keras.callbacks.Callback):
+    """Every `every` epochs: mean sliding-window Dice per region on held-out cases, added to
+    the epoch's logs (`val_dice_<region>`, `val_dice`), and the best weights saved."""
+
+    def __init__(self, dataset, case_ids, every, overlap, folder, state, names):
+        super().__init__()
+        self.dataset, self.case_ids, self.every, self.overlap = dataset, case_ids, every, overlap
+        self.folder, self.state, self.names = Path(folder), state, names
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        keys = [f"val_dice_{n}" for n in self.names] + ["val_dice"]
+        if not self.case_ids or not self.every or (epoch + 1) % self.every:
+            logs.update(dict.fromkeys(keys, math.nan))  # CSV columns stay fixed
+            return
+        t0 = time.perf_counter()
+        scores = score_prepared(self.model, self.dataset, self.case_ids, self.overlap)
+        means = {n: float(np.mean([s[n]["dice"] for s in scores.values()])) for n in self.names}
+        logs.update({f"val_dice_{n}": v for n, v in means.items()})
+        logs["val_dice"] = float(np.mean(list(means.values())))
+        best = self.state.get("best")
+        if best is None or logs["val_dice"] > best["val_dice"]:
+            io.save_weights(self.model, self.folder / "best.weights.h5")
+            self.state["best"] = {"epoch": epoch + 1, "val_dice": logs["val_dice"], **{
+                f"val_dice_{n}": v for n, v in means.items()}}
+        print(f"validation after epoch {epoch + 1}: Dice "
+              + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
+              + f" ({len(scores)} cases, {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy=None,
+                     workers=None):
+    """Train on `cfg.data`, score the held-out cases; returns the result dict.
 
     `strategy`: None / "default", "mirrored", "multiworker" or a tf.distribute strategy, as
     in `training.fit` (global batch `cfg.batch_size`; only the chief writes into `out`).
+    `workers`: processes preparing a raw dataset, and parallel patch loaders.
     """
-    from .. import distribute
-
-    out = Path(out)
-    strategy, state, writes = training.open_run(out, cfg, resume, strategy)
-    distributed, chief = not distribute.is_default(strategy), writes.chief
-    keras.utils.set_random_seed(cfg.seed)
-    cases = discover(cfg.data, cfg.layout)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    cache_dir = cache_dir or writes.path / "cache"
-    prepared = [prepare(c, cache_dir) for c in train_cases]
-    channels, outputs = prepared[0][0].shape[-1], prepared[0][1].shape[-1]
-    regions = train_cases[0].regions
-    mode, activation = ("sigmoid", "sigmoid") if regions or outputs == 1 else ("softmax", "softmax")
-    if mode == "softmax":
-        raise ValueError("multi-class label maps without regions are not supported yet; "
-                         "give region definitions (BraTS layouts) or binary labels")
-    steps = cfg.steps_per_epoch or max(1, 2 * len(prepared) // cfg.batch_size)
-    with distribute.scope(strategy):
-        model = build(cfg, channels, outputs, activation)
-        _compile(model, cfg, steps, mode)
-    if state is None:
-        state = {"epoch": 0, "train_seconds": 0.0, "history": [], "status": "running"}
-        io.write_json(writes.path / "config.json", asdict(cfg))
-        io.write_json(writes.path / "state.json", state)
-        io.write_json(writes.path / "split.json", {
-            "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
-            "regions": list(regions) if regions else None, "layout": cases[0].layout,
-            "channels": int(channels), "outputs": int(outputs),
-            "modalities": list(train_cases[0].modalities),
-            "spacing": list(load_case(train_cases[0])[2].zooms)})
-    else:
-        with distribute.scope(strategy):
-            training.restore_checkpoint(model, training.checkpoint_path(out, state),
-                                        state.get("rng"))
-        if not chief:  # model_for_inference below reads this worker's own folder
-            for name in ("config.json", "split.json"):
-                (writes.path / name).write_bytes((out / name).read_bytes())
-    keeper = training.RunKeeper(writes.path, state)
-    if state["epoch"] < cfg.epochs:
-        data = patch_dataset(prepared, cfg.patch, cfg.batch_size, cfg.seed, state["epoch"],
-                             cfg.epochs, per_case=max(1, steps * cfg.batch_size // len(prepared)),
-                             foreground=cfg.foreground, rotate=cfg.rotate)
-        callbacks = [keeper, keras.callbacks.CSVLogger(writes.path / "log.csv", append=True)]
-        if distributed:
-            distribute.train_loop(model, data, strategy=strategy, epochs=cfg.epochs,
-                                  initial_epoch=state["epoch"], steps_per_epoch=steps,
-                                  global_batch_size=cfg.batch_size, verbose=verbose,
-                                  callbacks=callbacks)
-        else:
-            model.fit(data, epochs=cfg.epochs, initial_epoch=state["epoch"],
-                      steps_per_epoch=steps, shuffle=False, verbose=verbose, callbacks=callbacks)
-    if keeper.bad_loss is not None:
-        state["status"] = "stopped: non-finite loss"
-        io.write_json(writes.path / "state.json", state)
-        raise FloatingPointError(f"loss became non-finite at epoch {keeper.bad_loss['epoch']}; "
-                                 f"the last good checkpoint is kept")
-    io.save_weights(model, writes.path / "weights.weights.h5")
-    scores = evaluate_cases(model_for_inference(writes.path), val_cases)
-    prof = complexity.profile(model, verbose=False)
-    result = {"model": cfg.model, "epochs": state["epoch"],
-              "train_seconds": round(state["train_seconds"], 2), "macs_per_patch": prof.total_macs,
-              "params": prof.total_params, "val_cases": [c.case_id for c in val_cases], **scores}
-    if distributed:
-        result["replicas"] = strategy.num_replicas_in_sync
-    state["status"] = "completed"
-    io.write_json(writes.path / "state.json", state)
-    io.write_json(writes.path / "result.json", result)
-    writes.close()
-    return result
+    with runs.Run(out, cfg, resume, strategy) as run:
+        dataset = open_dataset(cfg.data, cfg.layout, workers, progress=verbose != 0)
+        _check_targets(dataset)
+        train_ids, val_ids = split_cases(list(dataset.case_ids), cfg.val_fraction, cfg.seed)
+        if not train_ids:
+            raise ValueError(f"--data {cfg.data}: no case left for training "
+                             f"({len(dataset.case_ids)} cases, val_fraction={cfg.val_fraction})")
+        names = list(dataset.regions) if dataset.regions else ["foreground"]
+        steps = cfg.steps_per_epoch or max(1, 2 * len(train_ids) // cfg.batch_size)
+        with run.scope():
+            model = build(cfg, dataset.channels, dataset.outputs, "sigmoid")
+            _compile(model, cfg, steps)
+        split = {"train": train_ids, "val": val_ids,
+                 "regions": dict(dataset.regions) if dataset.regions else None,
+                 "layout": dataset.layout, "channels": int(dataset.channels),
+                 "outputs": int(dataset.outputs), "modalities": list(dataset.modalities),
+                 "spacing": list(dataset.spacing(train_ids[0])), "prepared": str(dataset.root)}
+        state = run.start(model, files={"split.json": split})
+        validation = Validation(dataset, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
+                                run.path, state, names)
+        if state["epoch"] < cfg.epochs:
+            batches = patch_dataset(dataset, train_ids, cfg.patch, cfg.batch_size, cfg.seed,
+                                    state["epoch"], cfg.epochs, steps_per_epoch=steps,
+                                    foreground=cfg.foreground, rotate=cfg.rotate,
+                                    workers=workers)
+            run.train(model, batches, steps=steps, epochs=cfg.epochs, verbose=verbose,
+                      callbacks=[validation])
+        per_case = score_prepared(model, dataset, val_ids, cfg.overlap, hd95=True)
+        prof = complexity.profile(model, verbose=False)
+        result = {"model": cfg.model, "epochs": state["epoch"],
+                  "train_seconds": round(state["train_seconds"], 2),
+                  "macs_per_patch": prof.total_macs, "params": prof.total_params,
+                  "val_cases": val_ids, "best": state.get("best"),
+                  **(metrics.mean_scores(per_case) if per_case else {"dice": {}, "hd95": {}}),
+                  "per_case": per_case}
+        if run.distributed:
+            result["replicas"] = run.strategy.num_replicas_in_sync
+        return run.finish(model, result)

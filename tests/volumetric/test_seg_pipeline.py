@@ -69,7 +69,8 @@ def test_train_predict_evaluate(dataset, tmp_path, capsys):
                      "--out", str(preds)]) == 2  # never overwrites without --force
     assert "exists" in capsys.readouterr().err
 
-    assert cli.main(["seg", "evaluate", "--pred", str(preds), "--data", str(dataset)]) == 0
+    assert cli.main(["seg", "evaluate", "--pred", str(preds), "--data", str(dataset),
+                     "--json", "-"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["cases"] == 1 and set(scores["hd95"]) == {"WT", "TC", "ET"}
     assert _hashes(dataset) == before  # inputs untouched

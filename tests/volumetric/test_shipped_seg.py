@@ -20,7 +20,8 @@ def test_shipped_lowrank_model_segments_a_new_case(tmp_path, capsys):
     written = preds / "BraTS2021_00000_seg.nii.gz"
     assert nib.load(written).shape == nib.load(case / "BraTS2021_00000_seg.nii.gz").shape
     capsys.readouterr()
-    assert cli.main(["seg", "evaluate", "--pred", str(preds), "--data", str(data)]) == 0
+    assert cli.main(["seg", "evaluate", "--pred", str(preds), "--data", str(data),
+                     "--json", "-"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["cases"] == 1  # only the case that was predicted is scored
     assert min(scores["dice"].values()) > 0.9, scores["dice"]  # its card: held-out 0.97 / 0.96 / 0.98
