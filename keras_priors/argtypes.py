@@ -19,6 +19,17 @@ def shape(text, ranks=(3, 4)):
     return values
 
 
+def positive_int(text):
+    """'8' -> 8; zero, negatives and non-integers are usage errors (exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
 def image_shape(text):
     """H,W,C only."""
     return shape(text, ranks=(3,))

@@ -130,20 +130,42 @@ def _profile(args):
     from . import (
         complexity,
         layers,  # noqa: F401  (registers the structured layers for deserialization)
+        zoo,
     )
 
-    if not os.path.isfile(args.model):
-        from . import zoo
-
-        model = zoo.load(args.model, input_shape=args.input_shape)
+    path = args.model
+    if not os.path.isfile(path):
+        if path.endswith(".keras") or os.sep in path or "/" in path:
+            raise FileNotFoundError(f"model file {path} does not exist (give a .keras file or "
+                                    "a zoo model name)")
+        model = zoo.load(path, input_shape=args.input_shape)
     else:
-        model = keras.saving.load_model(args.model, compile=False)
+        if not path.endswith(".keras"):
+            raise ValueError(f"{path} is not a .keras model file (give a .keras file or a zoo "
+                             "model name)")
+        zoo.weights.check_readable(path)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except (ValueError, TypeError, OSError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path} is a zip file but not a loadable .keras model: "
+                             f"{first[:300]}") from None
     complexity.profile(model)
     return 0
 
 
+def _check_data(args):
+    """The --data value names a dataset or an existing folder whose images all open."""
+    from . import data
+
+    data.check(args.data, args.data_dir, option="--data")
+
+
 def _train(args):
-    from . import training
+    from . import training, zoo
+
+    zoo.registry.get(args.model)  # unknown names fail before the run folder is made
+    _check_data(args)
 
     fields = training.TrainConfig.__dataclass_fields__
     cfg = training.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -158,8 +180,10 @@ def _train(args):
 
 
 def _evaluate(args):
-    from . import training
+    from . import training, zoo
 
+    zoo.check_weights(args.model, args.weights)
+    _check_data(args)
     result = training.evaluate(args.model, args.weights, args.data, args.data_dir,
                                args.limit_test, width=args.width)
     print(json.dumps(result, indent=1, default=str))
@@ -184,10 +208,17 @@ def _bench(args):
     return models.main(argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (no usage block), exit code 2; sub-commands inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser():
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-priors",
         description="Structural priors for Keras: structured layers, model zoo, export.",
     )
@@ -235,8 +266,10 @@ def build_parser():
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--width", type=float, default=None, help="width multiplier (nin, resnet20)")
-    p.add_argument("--limit-train", type=int, default=None, help="use the first N examples")
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--limit-train", type=argtypes.positive_int, default=None,
+                   help="use the first N training examples (default: all)")
+    p.add_argument("--limit-test", type=argtypes.positive_int, default=None,
+                   help="use the first N test examples (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     argtypes.add_strategy_args(p)
     p.set_defaults(func=_train)
@@ -244,9 +277,11 @@ def build_parser():
     p = sub.add_parser("evaluate", help="test accuracy, loss, MACs and params as JSON")
     p.add_argument("model")
     p.add_argument("--weights", required=True, help="a weight tag or a weights file")
-    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist, a tfds name (tfds:NAME) or an image folder")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--limit-test", type=argtypes.positive_int, default=None,
+                   help="use the first N test examples (default: all)")
     p.add_argument("--width", type=float, default=None)
     p.set_defaults(func=_evaluate)
 

@@ -108,3 +108,71 @@ def test_train_command_with_a_mirrored_strategy(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
     assert result["epochs"] == 1 and 0 <= result["accuracy"] <= 1
+
+
+def _one_paragraph(err):
+    return err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_train_limits_of_zero_or_less_are_usage_errors(capsys, tmp_path):
+    for flag, value in (("--limit-train", "0"), ("--limit-test", "-5")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", "nin_root8", "--out", str(tmp_path / "run"), flag, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err == (f"keras-priors train: error: argument {flag}: expected a positive integer, "
+                       f"received '{value}' (see keras-priors train -h)\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_data_that_is_no_folder_or_has_a_corrupt_image(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    missing = tmp_path / "photos"
+    code, _, err = run(capsys, "train", "nin_root8", "--out", str(tmp_path / "run"),
+                       "--data", str(missing))
+    assert code == 2 and _one_paragraph(err)
+    assert err.startswith(f"error: --data {missing}: no such folder. Accepted: fashion_mnist, ")
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (missing / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                missing / label / f"{i}.png")
+    (missing / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, _, err = run(capsys, "train", "nin_root8", "--out", str(tmp_path / "run"),
+                       "--data", str(missing))
+    assert code == 2 and _one_paragraph(err)
+    assert err.startswith(f"error: unreadable image file: {missing / 'b' / '1.png'} (")
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_and_profile_name_bad_model_files(capsys, tmp_path):
+    from keras_priors import zoo
+
+    narrow = zoo.load("nin_root8", input_shape=(28, 28, 1), width=0.25)
+    narrow.save_weights(tmp_path / "narrow.weights.h5")
+    narrow.save(tmp_path / "narrow.keras")
+    for name in ("narrow.weights.h5", "narrow.keras"):
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(raw[: len(raw) // 3])
+
+    code, _, err = run(capsys, "evaluate", "nin_root8", "--weights",
+                       str(tmp_path / "cut_narrow.weights.h5"))
+    assert code == 2 and _one_paragraph(err)
+    assert err.startswith(f"error: weights file {tmp_path / 'cut_narrow.weights.h5'} is not a "
+                          "readable HDF5 file (truncated")
+    code, _, err = run(capsys, "evaluate", "nin_root8", "--weights",
+                       str(tmp_path / "narrow.weights.h5"), "--limit-test", "64")
+    assert code == 2 and _one_paragraph(err)
+    assert err == (f"error: weights file {tmp_path / 'narrow.weights.h5'} does not match model "
+                   "'nin_root8': 17 layers could not be loaded; conv1a/kernel expects shape "
+                   "(5, 5, 1, 192), the file has (5, 5, 1, 48)\n")
+
+    code, _, err = run(capsys, "profile", str(tmp_path / "cut_narrow.keras"))
+    assert code == 2 and _one_paragraph(err)
+    assert err == (f"error: {tmp_path / 'cut_narrow.keras'} is not a valid .keras archive (not a "
+                   "zip file): it is truncated, corrupt or another format\n")
+    code, _, err = run(capsys, "profile", str(tmp_path / "none.keras"))
+    assert code == 2 and f"model file {tmp_path / 'none.keras'} does not exist" in err
