@@ -160,3 +160,66 @@ def test_unknown_segmentation_weights_tag():
         seg.model_for_inference("unet3d_lowrank", "nope")
     with pytest.raises(FileNotFoundError, match="is not a run folder"):
         seg.model_for_inference("unet3d_lowrank")
+
+
+def test_validation_during_training_keeps_the_best_weights(dataset, tmp_path):
+    import csv
+
+    cfg = seg.SegConfig(data=str(dataset), patch=(16, 16, 16), widths=(8, 16), epochs=3,
+                        steps_per_epoch=1, val_fraction=0.34, val_every=2)
+    result = seg.fit_segmentation(cfg, tmp_path / "run", verbose=0)
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["val_dice"] == "nan" and rows[2]["val_dice"] == "nan"  # every 2nd epoch
+    scored = float(rows[1]["val_dice"])
+    assert 0 <= scored <= 1
+    means = [float(rows[1][f"val_dice_{r}"]) for r in ("WT", "TC", "ET")]
+    assert scored == pytest.approx(np.mean(means))
+    assert result["best"]["epoch"] == 2 and result["best"]["val_dice"] == pytest.approx(scored)
+    assert (tmp_path / "run" / "best.weights.h5").exists()
+
+
+def test_runs_on_the_same_data_share_one_prepared_copy(dataset, tmp_path):
+    from keras_priors.volumetric.prepare import default_root
+
+    cfg = seg.SegConfig(data=str(dataset), patch=(16, 16, 16), widths=(8, 16), epochs=1,
+                        steps_per_epoch=1, val_fraction=0.34, val_every=0)
+    seg.fit_segmentation(cfg, tmp_path / "a", verbose=0)
+    seg.fit_segmentation(cfg, tmp_path / "b", verbose=0)
+    first = json.loads((tmp_path / "a" / "split.json").read_text())["prepared"]
+    second = json.loads((tmp_path / "b" / "split.json").read_text())["prepared"]
+    assert first == second and str(default_root()) in first
+    assert not (tmp_path / "a" / "cache").exists()  # nothing prepared inside a run folder
+
+
+def test_a_broken_case_fails_before_training_and_names_the_file(dataset, tmp_path):
+    import shutil
+
+    broken = tmp_path / "data"
+    shutil.copytree(dataset, broken)
+    bad = broken / "BraTS2021_00002" / "BraTS2021_00002_t1.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    cfg = seg.SegConfig(data=str(broken), patch=(16, 16, 16), widths=(8, 16), epochs=1)
+    with pytest.raises(Exception, match="BraTS2021_00002_t1.nii.gz"):
+        seg.fit_segmentation(cfg, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
+
+
+def test_a_label_map_without_regions_must_be_binary(tmp_path):
+    cases = []
+    for i in range(2):
+        image = np.zeros((12, 12, 12), np.float32)
+        image[2:10, 2:10, 2:10] = np.random.default_rng(i).normal(100, 10, (8, 8, 8))
+        label = np.zeros((12, 12, 12), np.uint8)
+        label[4:6, 4:6, 4:6], label[7:9, 7:9, 7:9] = 1, 2
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"img{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / f"lab{i}.nii.gz")
+        cases.append({"id": f"c{i}", "images": {"t1": f"img{i}.nii.gz"},
+                      "label": f"lab{i}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps(cases))
+    cfg = seg.SegConfig(data=str(tmp_path / "dataset.json"), layout="manifest",
+                        patch=(8, 8, 8), widths=(4, 8), epochs=1)
+    with pytest.raises(ValueError, match=r"case c0 has label values \[.*2\] but the dataset "
+                                         "defines no regions"):
+        seg.fit_segmentation(cfg, tmp_path / "run", verbose=0)
