@@ -1,5 +1,7 @@
 """Losses, metrics and sliding-window inference, checked against direct computations."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -63,6 +65,34 @@ def test_windows_cover_and_small_volumes_pad():
     assert w[4, 4, 4] == 1.0 and w[0, 0, 0] < 0.01 and w.min() >= 1e-3
     with pytest.raises(ValueError, match=r"volume must be \(X, Y, Z, C\)"):
         inference.sliding_window(np.ones((4, 4, 4)), lambda b: b, (2, 2, 2))
+
+
+def test_blend_modes_are_gaussian_or_constant():
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(12, 8, 8, 1)).astype("float32")
+    offset = {"n": 0}
+
+    def predict(batch):  # each window's output differs, so the weighting shows
+        offset["n"] += 1
+        return batch + np.arange(len(batch), dtype="float32")[:, None, None, None, None] + offset["n"]
+
+    kwargs = dict(window=(8, 8, 8), overlap=0.5, batch_size=1)
+    offset["n"] = 0
+    constant = inference.sliding_window(volume, predict, blend="constant", **kwargs)
+    # windows start at x = 0, 4; the middle slab x in [4, 8) is the plain mean of 1 and 2
+    np.testing.assert_allclose(constant[4:8] - volume[4:8], 1.5, rtol=1e-6)
+    offset["n"] = 0
+    gaussian = inference.sliding_window(volume, predict, blend="gaussian", **kwargs)
+    assert not np.allclose(gaussian[4:8] - volume[4:8], 1.5)
+    np.testing.assert_allclose(gaussian[:4] - volume[:4], 1.0, rtol=1e-6)
+    for bad in ("Gaussian", "linear", None):
+        with pytest.raises(ValueError, match=re.escape(
+                f"blend must be one of ('gaussian', 'constant'), received blend={bad!r}")):
+            inference.sliding_window(volume, predict, blend=bad, **kwargs)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, received batch_size=0"):
+        inference.sliding_window(volume, predict, (8, 8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="sigma_scale must be positive, received sigma_scale=0"):
+        inference.sliding_window(volume, predict, (8, 8, 8), sigma_scale=0)
 
 
 @pytest.mark.parametrize("name", ["unet3d", "unet3d_lowrank", "unet3d_root"])
