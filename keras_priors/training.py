@@ -26,7 +26,6 @@ from . import data as data_lib
 from . import layers as _layers  # noqa: F401  (registers the layers checkpoints contain)
 
 
-
 @dataclass
 class TrainConfig:
     """Everything that defines a run; saved as config.json and checked on resume."""

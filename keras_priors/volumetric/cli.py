@@ -1,6 +1,6 @@
 """`keras-priors seg`: segmentation on the command line.
 
-    keras-priors seg synth OUT_DIR [--cases N] [--seed S]
+    keras-priors seg synth OUT_DIR [--cases N] [--seed S] [--downsample 2] [--start I]
     keras-priors seg prepare DATA [--out PREPARED] [--workers N]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
@@ -22,7 +22,8 @@ def run(args):
 
     if args.seg_command == "synth":
         folders = synthetic.write_cases(args.out, n=args.cases, seed=args.seed,
-                                        downsample=args.downsample)
+                                        downsample=args.downsample, start=args.start,
+                                        allow_other_files=args.allow_other_files)
         print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
         return 0
     if args.seg_command == "prepare":
@@ -81,9 +82,14 @@ def add_parser(sub):
         dest="seg_command", required=True)
     p = seg.add_parser("synth", help="write synthetic BraTS 2021 cases on real anatomy")
     p.add_argument("out")
-    p.add_argument("--cases", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--downsample", type=int, default=2, help="1 = 1 mm, 2 = 2 mm voxels")
+    p.add_argument("--cases", type=argtypes.positive_int, default=8)
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0)
+    p.add_argument("--downsample", type=argtypes.positive_int, default=2,
+                   help="1 = 1 mm, 2 = 2 mm voxels")
+    p.add_argument("--start", type=argtypes.non_negative_int, default=0,
+                   help="number of the first case (add cases to a folder of synthetic ones)")
+    p.add_argument("--allow-other-files", action="store_true",
+                   help="write into a folder that holds other files too")
     p.set_defaults(func=run)
     p = seg.add_parser("prepare", help="preprocess a dataset once into memory-mappable arrays")
     p.add_argument("data", help="a dataset folder (BraTS, MSD or manifest layout)")
@@ -128,7 +134,8 @@ def add_parser(sub):
     p.add_argument("--model", required=True,
                    help="a training output folder, or a zoo model name with --weights")
     p.add_argument("--weights", default=None,
-                   help="weights tag of a zoo model, e.g. synthetic_brats")
+                   help="weights tag of a zoo model, e.g. synthetic_brats; for a run folder "
+                        "'last' (default) or 'best' (the best validated weights)")
     p.add_argument("--input", required=True, help="a case folder or a dataset folder")
     p.add_argument("--out", required=True)
     p.add_argument("--layout", default="auto")

@@ -34,10 +34,18 @@ from .layouts import REGIONS, discover, from_regions, load_case
 from .nifti import require_signal, write_like
 from .pipeline import zscore
 
+RUN_WEIGHTS = {None: "weights.weights.h5", "last": "weights.weights.h5",
+               "best": "best.weights.h5"}
+
+
+def _is_run(source, weights):
+    return weights in RUN_WEIGHTS and Path(str(source)).is_dir()
+
 
 def model_for_inference(source, weights=None):
-    """A trained segmentation model: a finished run folder, or a zoo model name with a
-    weights tag (`model_for_inference("unet3d_lowrank", "synthetic_brats")`).
+    """A trained segmentation model: a finished run folder (`weights` None / "last" for its
+    final weights, "best" for the best validated ones), or a zoo model name with a weights
+    tag (`model_for_inference("unet3d_lowrank", "synthetic_brats")`).
 
     The model carries `seg_config` (patch, overlap) and `seg_split` (regions, modalities,
     voxel spacing it was trained at) for `predict_case`. A model object that already carries
@@ -46,11 +54,11 @@ def model_for_inference(source, weights=None):
     if hasattr(source, "seg_config"):
         return source
     cfg, split = model_meta(source, weights)
-    if weights is not None:
-        model = zoo.load(cfg.model, weights=weights)
-    else:
+    if _is_run(source, weights):
         model = build(cfg, split["channels"], split["outputs"], "sigmoid")
-        model.load_weights(Path(source) / "weights.weights.h5")
+        model.load_weights(Path(source) / RUN_WEIGHTS[weights])
+    else:
+        model = zoo.load(cfg.model, weights=weights)
     model.seg_config, model.seg_split = cfg, split
     return model
 
@@ -60,17 +68,19 @@ def model_meta(source, weights=None):
     cases against before any model is loaded."""
     if hasattr(source, "seg_config"):
         return source.seg_config, getattr(source, "seg_split", {})
-    if weights is not None:
+    if weights is not None and not _is_run(source, weights):
         return _zoo_meta(str(source), weights)
     run_dir = Path(source)
     if not run_dir.is_dir():
         raise FileNotFoundError(
             f"model {str(source)!r} is not a run folder; give a segmentation run folder, or a zoo "
             f"model name with weights (e.g. --model unet3d_lowrank --weights synthetic_brats)")
-    for name in ("config.json", "split.json", "weights.weights.h5"):
+    for name in ("config.json", "split.json", RUN_WEIGHTS[weights]):
         if not (run_dir / name).exists():
+            hint = (" (best weights are kept when the run validates during training: "
+                    "--val-every)" if weights == "best" else "")
             raise FileNotFoundError(f"--model {run_dir} is not a finished segmentation run: "
-                                    f"no {name}")
+                                    f"no {name}{hint}")
     cfg = SegConfig(**json.loads((run_dir / "config.json").read_text()))
     return cfg, json.loads((run_dir / "split.json").read_text())
 
