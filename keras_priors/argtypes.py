@@ -19,15 +19,21 @@ def shape(text, ranks=(3, 4)):
     return values
 
 
-def positive_int(text):
+def positive_int(text, minimum=1):
     """'8' -> 8; zero, negatives and non-integers are usage errors (exit code 2)."""
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, received {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {kind}, received {text!r}")
     return value
+
+
+def non_negative_int(text):
+    """'0' -> 0; negatives and non-integers are usage errors."""
+    return positive_int(text, minimum=0)
 
 
 def image_shape(text):

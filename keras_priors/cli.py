@@ -7,7 +7,7 @@
     keras-priors train MODEL --data fashion_mnist --epochs N --batch-size B --out DIR
         [--resume] [--seed S] [--mixed-precision] [--optimizer sgd|adamw] ...
     keras-priors evaluate MODEL --weights TAG_OR_PATH --data fashion_mnist
-    keras-priors seg synth OUT_DIR [--cases N] [--seed S]
+    keras-priors seg synth OUT_DIR [--cases N] [--seed S] [--downsample 2] [--start I]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
     keras-priors seg evaluate --pred DIR --data DIR

@@ -55,9 +55,25 @@ def _resource(path):
     return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
+def _positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, received {name}={value!r}")
+    return int(value)
+
+
 def load_anatomy(name="colin27", downsample=1) -> Anatomy:
-    """A real brain: T1 scaled to 0..1, brain mask and a CSF map, in RAS+ orientation."""
+    """A real brain: T1 scaled to 0..1, brain mask and a CSF map, in RAS+ orientation;
+    `downsample` keeps every n-th voxel (1: 1 mm, 2: 2 mm).
+
+    >>> load_anatomy("colin27", downsample=4).t1.shape
+    (46, 55, 46)
+    """
     import nibabel as nib
+
+    if name not in ANATOMIES:
+        raise ValueError(f"anatomy must be one of {ANATOMIES}, received {name!r}")
+    downsample = _positive_int(downsample, "downsample")
 
     def canon(path):
         if not Path(path).is_file():
@@ -72,14 +88,12 @@ def load_anatomy(name="colin27", downsample=1) -> Anatomy:
         brain = canon(COLIN27_BRAIN)[0] > 0
         inside = t1[brain]
         csf = np.clip((np.percentile(inside, 40) - t1) / max(np.ptp(inside), 1e-6) * 3, 0, 1)
-    elif name == "mni152":
+    else:  # mni152
         t1, affine = canon(_resource(MNI152.format("t1")))
         gm = canon(_resource(MNI152.format("gm")))[0] / 255.0
         wm = canon(_resource(MNI152.format("wm")))[0] / 255.0
         brain = (gm + wm) > 0.2
         csf = np.clip(1 - gm - wm, 0, 1) * brain
-    else:
-        raise ValueError(f"anatomy must be one of {ANATOMIES}, received {name!r}")
     if downsample > 1:
         s = downsample
         t1, brain, csf = t1[::s, ::s, ::s], brain[::s, ::s, ::s], csf[::s, ::s, ::s]
@@ -160,28 +174,62 @@ def make_case(anatomy: Anatomy, rng, lesions=None):
     return volumes, labels
 
 
-def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0):
+def _is_synthetic_case(path):
+    return path.is_dir() and (path / "SYNTHETIC.txt").is_file()
+
+
+def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0,
+                allow_other_files=False):
     """Write `n` synthetic BraTS 2021 cases under `root`, alternating anatomies; returns the
-    case folders. Existing cases are never overwritten."""
+    case folders. Existing cases are never overwritten, and every argument and target is
+    checked before anything is written.
+
+    `root` must be new, empty or hold only synthetic cases (a later batch can be added with
+    `start`): synthetic cases mixed into a folder of other files, a real dataset perhaps, are
+    refused unless `allow_other_files=True`.
+    """
     import nibabel as nib
 
+    from .. import io
+
+    n = _positive_int(n, "n")
+    downsample = _positive_int(downsample, "downsample")
+    seed = _positive_int(seed, "seed", minimum=0)
+    start = _positive_int(start, "start", minimum=0)
+    anatomies = tuple(anatomies)
+    unknown = [a for a in anatomies if a not in ANATOMIES]
+    if not anatomies or unknown:
+        raise ValueError(f"anatomies must be a non-empty selection of {ANATOMIES}, received "
+                         f"{anatomies!r}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} is a file, not a folder for synthetic cases")
+    if root.is_dir() and not allow_other_files:
+        others = sorted(p.name for p in root.iterdir() if not _is_synthetic_case(p))
+        if others:
+            raise FileExistsError(
+                f"{root} holds files that are not synthetic cases ({', '.join(others[:3])}"
+                f"{' ...' if len(others) > 3 else ''}); synthetic cases go into a new or empty "
+                "folder, or one of synthetic cases, unless other files are allowed "
+                "(allow_other_files=True, --allow-other-files); nothing was written")
+    case_ids = [f"BraTS2021_{i:05d}" for i in range(start, start + n)]
+    taken = [c for c in case_ids if (root / c).exists()]
+    if taken:
+        raise FileExistsError(f"{root / taken[0]} exists; synthetic cases never overwrite data "
+                              f"(choose another start than {start}); nothing was written")
     rng = np.random.default_rng(seed)
     brains = {name: load_anatomy(name, downsample) for name in anatomies}
     folders = []
-    for i in range(start, start + n):
+    for i, case_id in zip(range(start, start + n), case_ids):
         anatomy = brains[anatomies[i % len(anatomies)]]
-        case_id = f"BraTS2021_{i:05d}"
         folder = root / case_id
-        if folder.exists():
-            raise FileExistsError(f"{folder} exists; synthetic cases never overwrite data")
         volumes, labels = make_case(anatomy, rng)
         folder.mkdir(parents=True)
+        io.write_text(folder / "SYNTHETIC.txt",  # first: even a partial case is marked
+                      f"Synthetic lesion painted on the real {anatomy.name} anatomy by "
+                      f"keras_priors.volumetric.synthetic (seed {seed}); not a real tumour.\n")
         for name, vol in volumes.items():
-            nib.save(nib.Nifti1Image(vol, anatomy.affine), folder / f"{case_id}_{name}.nii.gz")
-        nib.save(nib.Nifti1Image(labels, anatomy.affine), folder / f"{case_id}_seg.nii.gz")
-        (folder / "SYNTHETIC.txt").write_text(
-            f"Synthetic lesion painted on the real {anatomy.name} anatomy by "
-            f"keras_priors.volumetric.synthetic (seed {seed}); not a real tumour.\n")
+            io.save_nifti(nib.Nifti1Image(vol, anatomy.affine), folder / f"{case_id}_{name}.nii.gz")
+        io.save_nifti(nib.Nifti1Image(labels, anatomy.affine), folder / f"{case_id}_seg.nii.gz")
         folders.append(folder)
     return folders

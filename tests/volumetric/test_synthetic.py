@@ -1,5 +1,7 @@
 """Synthetic lesions painted on the real Colin27 and MNI152 brains, written as BraTS 2021."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,52 @@ def test_cases_differ_and_are_never_overwritten(cases):
 def test_unknown_anatomy():
     with pytest.raises(ValueError, match="anatomy must be one of"):
         synthetic.load_anatomy("macaque")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "n must be a positive integer, received n=0"),
+    ({"n": -1}, "n must be a positive integer, received n=-1"),
+    ({"downsample": 0}, "downsample must be a positive integer, received downsample=0"),
+    ({"seed": -2}, "seed must be an integer >= 0, received seed=-2"),
+    ({"anatomies": ("macaque",)}, "anatomies must be a non-empty selection of"),
+])
+def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        synthetic.write_cases(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_files_and_taken_cases_are_refused_before_writing(tmp_path):
+    small = dict(n=1, downsample=4, anatomies=("colin27",))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "real_case").mkdir()
+    with pytest.raises(FileExistsError, match=re.escape(
+            f"{data} holds files that are not synthetic cases (real_case); synthetic cases go")):
+        synthetic.write_cases(data, **small)
+    assert sorted(p.name for p in data.iterdir()) == ["real_case"]
+    synthetic.write_cases(data, allow_other_files=True, **small)
+    assert (data / "BraTS2021_00000" / "SYNTHETIC.txt").is_file()
+
+    synth = tmp_path / "synth"
+    synthetic.write_cases(synth, start=1, **small)
+    with pytest.raises(FileExistsError, match=re.escape(
+            f"{synth / 'BraTS2021_00001'} exists; synthetic cases never overwrite data")):
+        synthetic.write_cases(synth, n=2, downsample=4, anatomies=("colin27",))
+    assert not (synth / "BraTS2021_00000").exists()  # checked before the first case
+    synthetic.write_cases(synth, start=2, **small)  # a folder of synthetic cases takes more
+    assert len(volumetric.discover(synth)) == 2
+
+
+@pytest.mark.parametrize("flag, value, kind", [("--downsample", "0", "a positive integer"),
+                                               ("--cases", "-1", "a positive integer"),
+                                               ("--seed", "-1", "an integer >= 0")])
+def test_synth_command_refuses_bad_numbers(capsys, tmp_path, flag, value, kind):
+    from keras_priors import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["seg", "synth", str(tmp_path / "out"), flag, value])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"keras-priors seg synth: error: argument {flag}: expected "
+                                       f"{kind}, received '{value}' (see keras-priors seg synth -h)\n")
+    assert not (tmp_path / "out").exists()
