@@ -327,3 +327,20 @@ def test_prepare_dataset_argument_errors(data, tmp_path):
         prepare_dataset(data, tmp_path / "out", workers=0)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         PreparedDataset.open(tmp_path)
+
+
+def test_benchmark_cases_keep_their_world_coordinates(tmp_path):
+    from keras_priors.bench import seg as bench
+
+    array = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    out, offset = bench._fit(array, (8, 4, 7), centre=(2, 3, 3))
+    for v in np.ndindex(out.shape):
+        old = np.array(v) + offset
+        inside = all(0 <= o < n for o, n in zip(old, array.shape))
+        assert out[v] == (array[tuple(old)] if inside else 0)
+    bench.write_cases(tmp_path, 0, 1, shape=(48, 48, 40), downsample=4)
+    case = layouts.discover(tmp_path)[0]
+    check_cases([case])
+    images, label, ref = layouts.load_case(case)
+    assert images.shape == (48, 48, 40, 4) and ref.zooms == (4.0, 4.0, 4.0)
+    assert label.max() > 0 and set(np.unique(label)) <= {0, 1, 2, 4}
