@@ -57,8 +57,45 @@ def test_floor_model_keeps_shapes_and_first_conv():
     assert profile(low, verbose=False).total_macs < 0.3 * profile(net, verbose=False).total_macs
 
 
-def test_bench_floor_cli_smoke(capsys):
-    assert cli.main(["bench", "floor", "--quick", "--only", "unet3d", "--no-tflite"]) == 0
+def _floor_results(floor_ratio, macs_ratio=0.5):
+    """Results of one pair: the baseline at 10 ms everywhere, the structured model at its MACs
+    ratio, the floor at `floor_ratio` of the baseline."""
+    keys = ("infer_bs1", "infer_bs4", "train", "tflite_int8_t1")
+    row = lambda macs, t: {"macs": macs, **{k: t for k in keys}}  # noqa: E731
+    return {"pairs": [{"baseline": "net", "structured": ["net_root"], "batches": [1, 4]}],
+            "models": {"net": row(100, 10.0), "net_root": row(100 * macs_ratio, 6.0),
+                       "net_floor": row(100, 10.0 * floor_ratio)}}
+
+
+def _row(table, model):
+    """The stripped cells of `model`'s row of a markdown table."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[1] == model:
+            return cells
+    raise AssertionError(f"no row for {model} in\n{table}")
+
+
+def test_floor_verdict_says_whether_the_targets_lie_above_the_floor():
+    from keras_priors.bench import floor
+
+    # MACs ratio 0.5: Keras target 1.25 x 0.5 = 0.625, int8 target 1.1 x 0.5 = 0.55
+    ratios = ["0.50", "0.60", "0.60", "0.60", "0.60"]
+    for floor_ratio, verdict in ((0.5, "keras yes, int8 yes"), (0.6, "keras yes, int8 NO"),
+                                 (0.7, "keras NO, int8 NO")):
+        table = floor.table(_floor_results(floor_ratio))
+        assert _row(table, "net_root") == ["net", "net_root", *ratios, verdict]
+        assert _row(table, "net_floor")[2:] == ["1.00", *[f"{floor_ratio:.2f}"] * 4, "-"]
+
+
+def test_bench_floor_cli_smoke(capsys, tmp_path):
+    saved = tmp_path / "floor.json"
+    assert cli.main(["bench", "floor", "--quick", "--only", "unet3d", "--no-tflite",
+                     "--json", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "| unet3d_floor " in out and "| unet3d_lowrank " in out
-    assert "keras yes" in out or "keras NO" in out
+    got = json.loads(saved.read_text())["models"]
+    base, low, lowest = got["unet3d"], got["unet3d_lowrank"], got["unet3d_floor"]
+    ok = all(lowest[k] / base[k] <= models.KERAS_FACTOR * low["macs"] / base["macs"]
+             for k in ("infer_bs1", "train"))  # the smoke pair has one batch size
+    assert _row(out, "unet3d_lowrank")[-1] == f"keras {'yes' if ok else 'NO'}"  # as measured
