@@ -190,11 +190,28 @@ def _evaluate(args):
     return 0
 
 
+_BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
+    "--size": ("size", ("models", "floor")), "--only": ("only", ("models", "floor")),
+    "--no-tflite": ("no_tflite", ("models", "floor")), "--compare": ("compare", ("models",)),
+    "--no-memory": ("no_memory", ("models",)),
+}
+
+
 def _bench(args):
+    for option, (attr, takers) in _BENCH_OPTIONS.items():
+        value = getattr(args, attr)
+        given = value not in (None, False) and not (attr == "size" and value == "full")
+        if given and args.what not in takers:
+            raise ValueError(f"bench {args.what} takes no {option} (only bench "
+                             f"{' and '.join(takers)} do)")
+    if args.compare and not os.path.isfile(args.compare):
+        raise FileNotFoundError(f"--compare {args.compare}: no such file (a JSON saved by "
+                                "bench --json)")
     if args.what == "layers":
         from .bench import layers
 
-        return layers.main(["--quick"] if args.quick else [])
+        argv = ["--quick"] if args.quick else []
+        return layers.main(argv + (["--json", args.json] if args.json else []))
     from .bench import floor, models
 
     argv = ["--size", "smoke" if args.quick else args.size]
@@ -244,7 +261,7 @@ def build_parser():
     p.add_argument("name")
     p.add_argument("images", nargs="+")
     p.add_argument("--weights", default="imagenet")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=argtypes.positive_int, default=5)
     p.set_defaults(func=_zoo_predict)
 
     p = sub.add_parser("train", help="train a zoo model on a classification dataset")
@@ -303,7 +320,7 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
                    help="models: input sizes and pairs")
-    p.add_argument("--json", help="models: write the results here")
+    p.add_argument("--json", help="write the results here")
     p.add_argument("--compare", help="models: a saved JSON to compare with")
     p.add_argument("--only", nargs="+", metavar="BASELINE",
                    help="models: only the pairs of these baselines, e.g. resnet50 unet3d")

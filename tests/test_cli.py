@@ -72,9 +72,12 @@ def test_profile_saved_model(capsys, tmp_path):
     assert f"Total params: {model.count_params():,}" in out
 
 
-def test_bench_layers_quick(capsys):
-    code, out, _ = run(capsys, "bench", "layers", "--quick")
+def test_bench_layers_quick(capsys, tmp_path):
+    import json
+
+    code, out, _ = run(capsys, "bench", "layers", "--quick", "--json", str(tmp_path / "l.json"))
     assert code == 0 and "| RootConv2D g=4" in out and "auto within 10% of best" in out
+    assert json.loads((tmp_path / "l.json").read_text())  # --json reaches bench layers
 
 
 def test_train_and_evaluate_commands(capsys, tmp_path):
@@ -176,3 +179,26 @@ def test_evaluate_and_profile_name_bad_model_files(capsys, tmp_path):
                    "zip file): it is truncated, corrupt or another format\n")
     code, _, err = run(capsys, "profile", str(tmp_path / "none.keras"))
     assert code == 2 and f"model file {tmp_path / 'none.keras'} does not exist" in err
+
+
+def test_bench_options_a_benchmark_does_not_take_are_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "bench", "layers", "--only", "resnet50")
+    assert code == 2 and err == "error: bench layers takes no --only (only bench models and floor do)\n"
+    code, _, err = run(capsys, "bench", "floor", "--compare", "old.json")
+    assert code == 2 and err == "error: bench floor takes no --compare (only bench models do)\n"
+    code, _, err = run(capsys, "bench", "--quick", "--compare", str(tmp_path / "old.json"))
+    assert code == 2 and f"--compare {tmp_path / 'old.json'}: no such file" in err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "bench", "--quick", "--only", "nin", "--compare", str(tmp_path / "bad.json"))
+    assert code == 2 and "bad.json is not a saved benchmark JSON (no 'models' and 'pairs')" in err
+
+
+def test_zoo_predict_top_and_zoo_load_classes_must_be_positive(capsys):
+    from keras_priors import zoo
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["zoo", "predict", "efficientnet_lite0", "x.png", "--top", "0"])
+    assert e.value.code == 2 and "argument --top: expected a positive integer, received '0'" in (
+        capsys.readouterr().err)
+    with pytest.raises(ValueError, match="classes must be a positive integer, received classes=0"):
+        zoo.load("nin_root8", classes=0)

@@ -4,11 +4,11 @@ benchmarks/layers.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from ..argtypes import positive_int
 from .timing import interleaved_median_ms, markdown_table
 
 GROUPS = (1, 2, 4, 8, 16, 32, 64)
@@ -142,7 +142,8 @@ def report(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=positive_int, default=15,
+                        help="timed rounds per layer (--quick uses 2)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -152,8 +153,9 @@ def main(argv=None):
         result = run(repeats=args.repeats)
     print(report(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from .. import io
+
+        io.write_json(args.json, result)
     return 0
 
 

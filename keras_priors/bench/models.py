@@ -363,6 +363,20 @@ def compare(results, old):
     return markdown_table(["model", "metric", "saved ratio", "now", "change"], rows)
 
 
+def _read_saved(path):
+    """A results JSON written by `--json`, checked before anything is measured."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--compare {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--compare {path} is not a saved benchmark JSON: {e}") from None
+    if not isinstance(saved, dict) or "models" not in saved or "pairs" not in saved:
+        raise ValueError(f"--compare {path} is not a saved benchmark JSON (no 'models' and "
+                         "'pairs')")
+    return saved
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="keras-priors bench models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,11 +394,12 @@ def main(argv=None):
         pair = Pair(**{k: tuple(v) if isinstance(v, list) else v for k, v in pair.items()})
         print(json.dumps({"peak_training_mb": peak_training_mb(args.memory_of, pair)}))
         return 0
+    saved = _read_saved(args.compare) if args.compare else None  # before hours of timing
     results = run(args.size, tflite=not args.no_tflite, memory=not args.no_memory,
                   progress=lambda m: print(m, file=sys.stderr, flush=True), only=args.only)
     print(table(results))
-    if args.compare:
-        print("\n" + compare(results, json.loads(Path(args.compare).read_text())))
+    if saved is not None:
+        print("\n" + compare(results, saved))
     if args.json:
         from .. import io
 

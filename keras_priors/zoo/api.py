@@ -169,6 +169,9 @@ def load(name, weights=None, include_top=True, input_shape=None, classes=None, p
     (None, 10)
     """
     spec = registry.get(name)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)
+                                or classes < 1):
+        raise ValueError(f"classes must be a positive integer, received classes={classes!r}")
     classifier_activation = classifier_activation or spec.default_activation
     entry, path = _weights_choice(spec, weights)
     if entry is not None:
