@@ -214,12 +214,7 @@ def epoch_patches(source, size, seed, epoch, per_case=2, foreground=0.5, rotate=
                          augmentation)
 
 
-def _is_size(value):
-    return (isinstance(value, (list, tuple)) and len(value) == 3
-            and all(isinstance(v, (int, np.integer)) for v in value))
-
-
-def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs=None, per_case=2,
+def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs, per_case=2,
                   foreground=0.5, rotate=0.0, augmentation=True, workers=None,
                   steps_per_epoch=None):
     """tf.data of batched patches for epochs `first_epoch .. epochs-1`.
@@ -237,12 +232,6 @@ def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs=
     """
     import tensorflow as tf
 
-    if epochs is None and _is_size(case_ids) and not hasattr(source, "foreground_samples"):
-        # the earlier call form patch_dataset(pairs, size, batch_size, seed, first, epochs)
-        case_ids, size, batch_size, seed, first_epoch, epochs = (
-            None, case_ids, size, batch_size, seed, first_epoch)
-    if epochs is None:
-        raise TypeError("patch_dataset() missing the argument 'epochs'")
     source = _as_source(source)
     case_ids = list(source.case_ids if case_ids is None else case_ids)
     size = tuple(int(s) for s in size)

@@ -315,11 +315,11 @@ def test_the_earlier_in_memory_source_still_works():
     y = np.zeros((12, 12, 12, 1), np.uint8)
     y[4:6, 4:6, 4:6] = 1
     pairs = [(images, y)]
-    new = _stream(pipeline.patch_dataset(pairs, None, (8, 8, 8), 2, 0, 0, 2, per_case=2))
-    old_form = _stream(pipeline.patch_dataset(pairs, (8, 8, 8), 2, 0, 0, 2, per_case=2))
-    assert len(new) == 2
-    for a, b in zip(new, old_form, strict=True):
-        np.testing.assert_array_equal(a[0], b[0])
+    stream = _stream(pipeline.patch_dataset(pairs, None, (8, 8, 8), 2, 0, 0, 2, per_case=2))
+    patches = [p for e in range(2) for p in pipeline.epoch_patches(pairs, (8, 8, 8), 0, e)]
+    assert len(stream) == 2
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in stream]),
+                                  np.stack([x for x, _ in patches]))
 
 
 def test_prepare_dataset_argument_errors(data, tmp_path):
