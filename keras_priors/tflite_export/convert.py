@@ -121,12 +121,21 @@ def convert(model, quantization="none", representative=None, io_dtype="int8"):
     `representative`: a zero-argument generator function yielding [float32 batch-1 array]
     (required for int8).
     """
+    _choice("quantization", quantization, QUANTIZATIONS)
+    _choice("io_dtype", io_dtype, IO_DTYPES)
+    return convert_model(_batch1(model), quantization, representative, io_dtype)
+
+
+def convert_model(model, quantization="none", representative=None, io_dtype="int8"):
+    """TFLite bytes of `model` as it is (a Keras 3 or tf_keras model, its batch kept): the
+    package's one TFLite converter. Builtin ops only (never SELECT_TF_OPS); "int8" is full
+    integer (TFLITE_BUILTINS_INT8, `io_dtype` inputs and outputs), so conversion fails
+    rather than leave a float op behind."""
     import tensorflow as tf
 
     _choice("quantization", quantization, QUANTIZATIONS)
     _choice("io_dtype", io_dtype, IO_DTYPES)
-    wrapped = _batch1(model)
-    converter = tf.lite.TFLiteConverter.from_keras_model(wrapped)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -242,8 +251,14 @@ def export(model, path, quantization="none", representative_data=None, target="c
         raise ValueError(f"output path must end with .tflite, received {str(path)!r}")
     report_path = Path(report_path) if report_path else path.with_suffix(".json")
     md_path = report_path.with_suffix(".md")
+    if report_path.resolve() in (path.resolve(), md_path.resolve()):
+        raise ValueError(
+            f"the report path {str(report_path)!r} (--report) would overwrite "
+            + (f"the model {str(path)!r}" if report_path.resolve() == path.resolve() else
+               f"its own Markdown summary {str(md_path)!r}")
+            + "; give the JSON report a path of its own, ending with .json")
     if not force:
-        for p in (path, report_path):
+        for p in (path, report_path, md_path):
             if p.exists():
                 raise FileExistsError(f"{p} already exists; pass force=True (--force) to "
                                       "replace it")

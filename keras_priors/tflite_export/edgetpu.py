@@ -126,8 +126,9 @@ def _schema():
     return schema
 
 
-def _op_options(content):
-    """Per operator of subgraph 0: (builtin options as a dict) read from the flatbuffer."""
+def _operators(content):
+    """The operators of subgraph 0 in execution order, read from the flatbuffer: (op name,
+    input tensor indices, output tensor indices, builtin options as a dict)."""
     schema = _schema()
     model = schema.Model.GetRootAs(bytearray(content), 0)
     graph = model.Subgraphs(0)
@@ -138,6 +139,8 @@ def _op_options(content):
         code = model.OperatorCodes(op.OpcodeIndex())
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         name = names.get(builtin, str(builtin))
+        if name == "CUSTOM":
+            name = code.CustomCode().decode()
         opts = {}
         cls_name = _OPTIONS.get(name)
         table = op.BuiltinOptions()
@@ -150,7 +153,8 @@ def _op_options(content):
                 if hasattr(obj, field):
                     value = getattr(obj, field)()
                     opts[field] = value.tolist() if isinstance(value, np.ndarray) else value
-        out.append((name, opts))
+        out.append((name, [int(t) for t in op.InputsAsNumpy()],
+                    [int(t) for t in op.OutputsAsNumpy()], opts))
     return out
 
 
@@ -167,16 +171,14 @@ def _non_unit(shape):
 def read_model(model_path=None, model_content=None):
     """Ops (execution order) and tensors of a .tflite, as plain dicts.
 
-    The interpreter is built without default delegates so XNNPACK does not fold ops into
-    DELEGATE nodes.
+    Ops come from the flatbuffer (the order the interpreter runs them in); tensors from an
+    interpreter without default delegates.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from .verify import interpreter
 
     if model_content is None:
         model_content = Path(model_path).read_bytes()
-    interp = Interpreter(model_content=model_content,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interp.allocate_tensors()
+    interp = interpreter(model_content, delegates=False)
     tensors = {}
     for d in interp.get_tensor_details():
         tensors[d["index"]] = {
@@ -185,17 +187,9 @@ def read_model(model_path=None, model_content=None):
             "shape_signature": [int(s) for s in d["shape_signature"]],
             "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1]),
         }
-    ops = []
-    try:
-        options = _op_options(model_content)
-    except Exception:  # options are a bonus: the checks that need them are then skipped
-        options = []
-    for o in interp._get_ops_details():
-        i = int(o["index"])
-        opts = options[i][1] if i < len(options) and options[i][0] == o["op_name"] else None
-        ops.append({"index": i, "op": o["op_name"],
-                    "inputs": [int(t) for t in o["inputs"] if t >= 0],
-                    "outputs": [int(t) for t in o["outputs"]], "options": opts})
+    ops = [{"index": i, "op": name, "inputs": [t for t in inputs if t >= 0],
+            "outputs": outputs, "options": opts}
+           for i, (name, inputs, outputs, opts) in enumerate(_operators(model_content))]
     graph_inputs = [int(d["index"]) for d in interp.get_input_details()]
     graph_outputs = [int(d["index"]) for d in interp.get_output_details()]
     produced = {t for op in ops for t in op["outputs"]}

@@ -19,17 +19,27 @@ SEGMENTATION_DICE = 0.97  # float-Keras vs quantized label maps, per channel
 FP32_TOLERANCE = 1e-4
 
 
-def _interpreter(model, num_threads=None, xnnpack=True):
+def interpreter(model, num_threads=None, delegates=True, allocate=True):
+    """The LiteRT interpreter of a .tflite (bytes or a path): the package's one factory.
+
+    `delegates=False` builds it without the default delegates (XNNPACK would fold ops into
+    DELEGATE nodes, hiding them from op listings).
+    """
+    from pathlib import Path
+
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kwargs = {"num_threads": num_threads} if num_threads else {}
-    if not xnnpack:
+    if not delegates:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model, (bytes, bytearray)):
         interp = Interpreter(model_content=bytes(model), **kwargs)
+    elif not Path(model).is_file():
+        raise ValueError(f"TFLite file {str(model)!r} does not exist")
     else:
         interp = Interpreter(model_path=str(model), **kwargs)
-    interp.allocate_tensors()
+    if allocate:
+        interp.allocate_tensors()
     return interp
 
 
@@ -60,7 +70,7 @@ class TFLiteRunner:
     models have a static batch of 1) and returns float outputs."""
 
     def __init__(self, model, num_threads=None):
-        self.interp = _interpreter(model, num_threads)
+        self.interp = interpreter(model, num_threads)
         inputs = self.interp.get_input_details()
         if len(inputs) != 1:
             raise ValueError(f"expected a model with one input, it has {len(inputs)}")
@@ -165,7 +175,7 @@ def latency(tflite_model, example=None, threads=(1, 2), warmup=3, repeats=20):
     """
     out = {"warmup": warmup, "repeats": repeats, "delegate": "XNNPACK (default delegates)"}
     for n in threads:
-        interp = _interpreter(tflite_model, num_threads=n)
+        interp = interpreter(tflite_model, num_threads=n)
         detail = interp.get_input_details()[0]
         if example is None:
             feed = np.zeros(detail["shape"], detail["dtype"])
@@ -181,3 +191,36 @@ def latency(tflite_model, example=None, threads=(1, 2), warmup=3, repeats=20):
             times.append((time.perf_counter() - start) * 1e3)
         out[str(n)] = float(statistics.median(times))
     return out
+
+
+def top1_accuracy(model, images, labels, batch_size=250, num_threads=None):
+    """Top-1 accuracy of a classifier .tflite (bytes or path) in the LiteRT interpreter.
+
+    `images` are float inputs exactly as the Keras model takes them (already preprocessed);
+    an integer input tensor gets them quantized with its own scale and zero point. The
+    input is resized to each batch (models converted with a dynamic batch).
+    """
+    images = np.asarray(images, dtype="float32")
+    labels = np.asarray(labels).reshape(-1)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    interp = interpreter(model, num_threads)
+    inp = interp.get_input_details()[0]
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if tuple(inp["shape"]) != x.shape:
+            interp.resize_tensor_input(inp["index"], x.shape)
+            interp.allocate_tensors()
+            inp = interp.get_input_details()[0]
+        interp.set_tensor(inp["index"], quantize(x, inp))
+        interp.invoke()
+        out = interp.get_tensor(interp.get_output_details()[0]["index"])
+        correct += int(np.sum(np.argmax(out, -1) == labels[start:start + batch_size]))
+    return correct / len(labels)
+
+
+def tensor_types(model):
+    """{tensor name: numpy dtype name} of a .tflite (bytes or path), without delegates."""
+    interp = interpreter(model, delegates=False)
+    return {d["name"]: np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}

@@ -43,6 +43,34 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path, capsys):
     assert cli.main(_argv(out, "--no-verify", "--report", str(report), "--force")) == 0
 
 
+@pytest.mark.parametrize("report, message", [
+    ("m.tflite", "the report path '{d}/m.tflite' (--report) would overwrite the model "
+                 "'{d}/m.tflite'; give the JSON report a path of its own, ending with .json"),
+    ("m.md", "the report path '{d}/m.md' (--report) would overwrite its own Markdown summary "
+             "'{d}/m.md'; give the JSON report a path of its own, ending with .json"),
+])
+def test_report_path_that_would_overwrite_an_output_is_refused(tmp_path, capsys, report,
+                                                                message):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"keep")  # even with --force, nothing is converted or replaced
+    rc = cli.main(_argv(out, "--no-verify", "--force", "--report", str(tmp_path / report)))
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == "error: " + message.format(d=tmp_path)
+    assert out.read_bytes() == b"keep" and sorted(os.listdir(tmp_path)) == ["m.tflite"]
+
+
+def test_existing_report_or_summary_needs_force(tmp_path, capsys):
+    for existing in ("r.json", "r.md"):
+        (tmp_path / existing).write_text("mine")
+        rc = cli.main(_argv(tmp_path / "m.tflite", "--no-verify", "--report",
+                            str(tmp_path / "r.json")))
+        assert rc == 2
+        assert f"{tmp_path / existing} already exists" in capsys.readouterr().err
+        assert (tmp_path / existing).read_text() == "mine"
+        assert not (tmp_path / "m.tflite").exists()
+        (tmp_path / existing).unlink()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--target", "edgetpu"], "target='edgetpu' needs quantization='int8'"),
     (["--quant", "int8"], "needs representative_data"),

@@ -255,20 +255,19 @@ def test_non_unit_checker():
 
 # ------------------------------------------------------------------- TFLite check
 def test_edgetpu_lowered_unet_converts_without_conv3d(rng):
-    tf = pytest.importorskip("tensorflow")
-    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    from keras_priors.tflite_export import convert, edgetpu, verify
+
     model = _randomize(zoo.load("unet3d_lowrank", input_shape=(8, 8, 8, 2), classes=3,
                                 widths=(4, 8)), rng)
     low = lower(model, "edgetpu")
-    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(low.model).convert()
-    interpreter = litert.Interpreter(
-        model_content=flatbuffer,
-        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    flatbuffer = convert.convert_model(low.model)
+    interpreter = verify.interpreter(flatbuffer, delegates=False)
+    listing = edgetpu.read_model(model_content=flatbuffer)
+    ops = {op["op"] for op in listing["ops"]}
     assert "CONV_3D" not in ops and "CONV_2D" in ops
     shapes = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
-    produced = [shapes[i] for op in interpreter._get_ops_details() for i in op["outputs"]]
+    produced = [shapes[i] for op in listing["ops"] for i in op["outputs"]]
     assert max(sum(1 for d in shape if d > 1) for shape in produced) <= 3
     assert max(len(shape) for shape in produced) <= 4
     x = rng.normal(size=(1, 8, 8, 8, 2)).astype("float32")
