@@ -165,7 +165,14 @@ def resolve_basis(basis, filters, kernel_size, rank, combine=None, sequential=No
             raise ValueError(
                 f"sequential={sequential} contradicts basis={basis!r}; leave it unset for presets"
             )
-        return members, preset.combine if combine is None else combine, preset.sequential
+        combine = preset.combine if combine is None else combine
+        produced = counts[-1] if preset.sequential else sum(counts)
+        if not combine and produced != filters:
+            raise ValueError(
+                f"basis={basis!r} with combine=False would produce {produced} channels, not "
+                f"filters={filters}; leave combine unset (this preset ends with a 1x1 combination)"
+            )
+        return members, combine, preset.sequential
 
     try:
         items = list(basis)

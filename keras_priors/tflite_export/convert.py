@@ -57,9 +57,11 @@ def resolve_model(model, input_shape=None, weights=None, classes=None, **options
     """-> (keras.Model, a description of the source, preprocessing mode or None)."""
     import keras
 
+    zoo_only = {"weights": weights, "input_shape": input_shape, "classes": classes, **options}
+    zoo_only = [k for k, v in zoo_only.items() if v is not None]
     if isinstance(model, keras.Model):
-        if weights is not None or input_shape is not None:
-            raise ValueError("weights / input_shape apply to zoo names only; this is already a "
+        if zoo_only:
+            raise ValueError(f"{', '.join(zoo_only)} apply to zoo names only; this is already a "
                              "keras.Model")
         return model, model.name, None
     if not isinstance(model, (str, os.PathLike)):
@@ -67,6 +69,9 @@ def resolve_model(model, input_shape=None, weights=None, classes=None, **options
                          f"{type(model).__name__}")
     text = str(model)
     if text.endswith(".keras") or os.sep in text or Path(text).is_file():
+        if zoo_only:
+            raise ValueError(f"{', '.join(zoo_only)} apply to zoo names only; {text!r} is a "
+                             "saved model, exported as it is")
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"model file {text!r} does not exist")
@@ -243,6 +248,11 @@ def export(model, path, quantization="none", representative_data=None, target="c
     _choice("quantization", quantization, QUANTIZATIONS)
     _choice("target", target, TARGETS)
     _choice("io_dtype", io_dtype, IO_DTYPES)
+    for name, value in (("calibration_samples (--calib-samples)", calibration_samples),
+                        ("verify_samples (--verify-samples)", verify_samples),
+                        ("latency_repeats", latency_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, received {value!r}")
     if target == "edgetpu" and quantization != "int8":
         raise ValueError(f"target='edgetpu' needs quantization='int8' (full integer); received "
                          f"quantization={quantization!r}")

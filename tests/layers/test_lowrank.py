@@ -172,6 +172,7 @@ def test_harness_3d(kwargs, tmp_path):
         (dict(filters=16, kernel_size=-3), "kernel_size must be a positive integer, received kernel_size=-3"),
         (dict(filters=16, basis="lr_jion"), "Unknown basis preset basis='lr_jion' for a 2D low-rank layer; did you mean 'lr_join'"),
         (dict(filters=16, basis="lr_planar_join"), "basis='lr_planar_join' is a 3D-only preset; a 2D low-rank layer has lr, lr_join, lr_join_wfull, lr_lde, sf$"),
+        (dict(filters=16, basis="lr_lde", combine=False), r"basis='lr_lde' with combine=False would produce 64 channels, not filters=16; leave combine unset \(this preset ends with a 1x1 combination\)$"),
         (dict(filters=16, basis=[("3x1", 8), ("1x3", 4)]), "basis counts add up to 12 channels but filters=16"),
         (dict(filters=16, basis=[("3x1", 8), ("1x3", 0)]), "basis member filters must be a positive integer, received 0"),
         (dict(filters=16, basis=[("3x1x1", 16)]), "basis member shape must be 2 positive ints"),

@@ -106,3 +106,30 @@ def test_module_entry_point_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert report["input_shape"] == [16, 16, 3] and report["tensor_dtypes"]["float16"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--verify-samples", "0"], "verify_samples (--verify-samples) must be a positive integer, "
+                                "received 0"),
+    (["--calib-samples", "-5", "--quant", "int8", "--calib", "fashion_mnist"],
+     "calibration_samples (--calib-samples) must be a positive integer, received -5"),
+])
+def test_sample_counts_must_be_positive(tmp_path, capsys, extra, message):
+    assert cli.main(_argv(tmp_path / "m.tflite", *extra)) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_zoo_options_on_a_saved_model_are_refused(tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    path = tmp_path / "tiny.keras"
+    keras.Model(inp, keras.layers.Conv2D(2, 3)(inp)).save(path)
+    argv = ["export", str(path), str(tmp_path / "t.tflite"), "--input-shape", "16,16,1",
+            "--width", "0.5", "--no-verify"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: input_shape, width apply to zoo names only; '{path}' is a saved model, "
+        "exported as it is")
+    assert sorted(os.listdir(tmp_path)) == ["tiny.keras"]
