@@ -13,7 +13,7 @@
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench [models|layers|floor] [--size full|quick|smoke] [--only BASELINE ...]
+    keras-priors bench [models|layers|floor|seg] [--size full|quick|smoke] [--only BASELINE ...]
                        [--json F] [--compare F]
 """
 
@@ -194,6 +194,7 @@ _BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
     "--size": ("size", ("models", "floor")), "--only": ("only", ("models", "floor")),
     "--no-tflite": ("no_tflite", ("models", "floor")), "--compare": ("compare", ("models",)),
     "--no-memory": ("no_memory", ("models",)),
+    "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg",)),
 }
 
 
@@ -207,6 +208,13 @@ def _bench(args):
     if args.compare and not os.path.isfile(args.compare):
         raise FileNotFoundError(f"--compare {args.compare}: no such file (a JSON saved by "
                                 "bench --json)")
+    if args.what == "seg":
+        from .bench import seg
+
+        argv = ["--quick"] if args.quick else []
+        argv += ["--cases", *map(str, args.cases)] if args.cases else []
+        argv += ["--patch", *map(str, args.patch)] if args.patch else []
+        return seg.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "layers":
         from .bench import layers
 
@@ -316,7 +324,8 @@ def build_parser():
     export_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks that print tables (default: models)")
-    p.add_argument("what", nargs="?", choices=["models", "layers", "floor"], default="models")
+    p.add_argument("what", nargs="?", choices=["models", "layers", "floor", "seg"],
+                   default="models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
                    help="models: input sizes and pairs")
@@ -326,6 +335,10 @@ def build_parser():
                    help="models: only the pairs of these baselines, e.g. resnet50 unet3d")
     p.add_argument("--no-tflite", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--cases", type=int, nargs="+", metavar="N",
+                   help="seg: numbers of BraTS-size cases (default 4 16 40)")
+    p.add_argument("--patch", type=int, nargs="+", metavar="P",
+                   help="seg: cubic patch sizes (default 64 128)")
     p.set_defaults(func=_bench)
     return parser
 
