@@ -334,22 +334,9 @@ class StructuredConv(keras.layers.Layer):
             trainable=True,
         )
 
-    def _bias_add(self, x, bias):
-        if bias is None:
-            return x
-        shape = [1] * (self.rank + 2)
-        shape[self.channel_axis] = bias.shape[0]
-        return ops.add(x, ops.reshape(bias, shape))
-
-    def _conv(self, x, kernel, strides=None, padding=None):
-        return ops.conv(
-            x,
-            kernel,
-            strides=self.strides if strides is None else strides,
-            padding=self.padding if padding is None else padding,
-            data_format=self.data_format,
-            dilation_rate=self.dilation_rate,
-        )
+    def _combine_step(self):
+        ones = (1,) * self.rank
+        return ConvStep("combine", self.combine_kernel, self.combine_bias, ones, "valid", ones)
 
     # ---------------------------------------------------------------- keras API
     def build(self, input_shape):
@@ -375,8 +362,7 @@ class StructuredConv(keras.layers.Layer):
     def call(self, inputs):
         x = self._spatial_call(inputs)
         if self.combine:
-            x = self._conv(x, self.combine_kernel, strides=1, padding="valid")
-            x = self._bias_add(x, self.combine_bias)
+            x = self._combine_step()(x, self.data_format)
         if self.activation is not None:
             x = self.activation(x)
         return x
@@ -460,11 +446,7 @@ class StructuredConv(keras.layers.Layer):
         spatial_in = ((None,) * self.rank if input_shape is None
                       else tuple(self._spatial_shape(input_shape)))
         steps, sequential = self._spatial_steps(spatial_in, split_groups)
-        combine = None
-        if self.combine:
-            ones = (1,) * self.rank
-            combine = ConvStep("combine", self.combine_kernel, self.combine_bias, ones,
-                               "valid", ones)
+        combine = self._combine_step() if self.combine else None
         return Decomposition(tuple(steps), sequential, combine, self.activation,
                              self.data_format)
 

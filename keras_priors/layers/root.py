@@ -247,30 +247,25 @@ class RootConv(StructuredConv):
 
         return tf.device(self.devices[index % len(self.devices)])
 
-    def _grouped_conv(self, x):
-        """One conv with groups: TensorFlow's own where it has one, else keras.ops.conv."""
-        if (self.groups == 1 or keras.backend.backend() != "tensorflow"
-                or self.data_format != "channels_last"
-                or not _native_here(self.rank, x.dtype)):
-            return self._conv(x, self.kernel)
-        import tensorflow as tf
-
-        return tf.nn.convolution(x, self.kernel, strides=self.strides,
-                                 padding=self.padding.upper(), dilations=self.dilation_rate)
-
     def _spatial_call(self, x):
-        if self.groups == 1 or self.resolved_implementation == "grouped":
-            with self._device(0):
-                y = self._grouped_conv(x)
-        else:
-            fg = self._spatial_width() // self.groups
-            pieces = ops.split(x, self.groups, axis=self.channel_axis)
+        steps, _ = self._spatial_steps(None, split_groups=self.groups > 1 and
+                                       self.resolved_implementation == "split")
+        if len(steps) > 1:  # one conv per group, each on its channel slice
             outputs = []
-            for g, piece in enumerate(pieces):
+            for g, step in enumerate(steps):
                 with self._device(g):
-                    outputs.append(self._conv(piece, self.kernel[..., g * fg : (g + 1) * fg]))
-            y = ops.concatenate(outputs, axis=self.channel_axis)
-        return self._bias_add(y, self.bias)
+                    outputs.append(step(x, self.data_format))
+            return ops.concatenate(outputs, axis=self.channel_axis)
+        with self._device(0):
+            if (self.groups == 1 or keras.backend.backend() != "tensorflow"
+                    or self.data_format != "channels_last"
+                    or not _native_here(self.rank, x.dtype)):
+                return steps[0](x, self.data_format)
+            import tensorflow as tf  # TensorFlow's own grouped conv (oneDNN / cuDNN)
+
+            y = tf.nn.convolution(x, self.kernel, strides=self.strides,
+                                  padding=self.padding.upper(), dilations=self.dilation_rate)
+            return y if self.bias is None else ops.add(y, self.bias)
 
     def _spatial_steps(self, spatial_in, split_groups=False):
         conv = dict(strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)

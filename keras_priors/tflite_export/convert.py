@@ -16,7 +16,6 @@ import re
 import shutil
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +34,6 @@ def _choice(name, value, choices):
         near = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"{name}={value!r} is not one of {list(choices)}.{hint}")
-
-
-@dataclass
-class _Identity:
-    """Stand-in for lowering.Lowered when no pass applies (or the module is absent)."""
-
-    model: object
-    applied: list = field(default_factory=list)
-    unsupported: list = field(default_factory=list)
-    input_layout: str = "native"
-
-    def to_lowered_input(self, x):
-        return x
-
-    def from_lowered_output(self, y):
-        return y
 
 
 def resolve_model(model, input_shape=None, weights=None, classes=None, **options):
@@ -87,18 +70,6 @@ def resolve_model(model, input_shape=None, weights=None, classes=None, **options
         preprocessing = spec.weights[weights].preprocessing
     desc = text + (f" (weights {weights})" if weights else "")
     return built, desc, preprocessing
-
-
-def _lower(model, target, notes):
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__package__}.lowering") is None:
-        notes.append("keras_priors.tflite_export.lowering is not available: no lowering pass "
-                     "was run")
-        return _Identity(model)
-    from . import lowering
-
-    return lowering.lower(model, target=target, batch_size=1)  # convert() runs batch 1
 
 
 def _batch1(model):
@@ -275,7 +246,7 @@ def export(model, path, quantization="none", representative_data=None, target="c
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")
 
-    from . import calibration, edgetpu
+    from . import calibration, edgetpu, lowering
     from . import verify as verify_lib
 
     source, desc, zoo_pre = resolve_model(model, input_shape, weights, classes, **options)
@@ -295,7 +266,7 @@ def export(model, path, quantization="none", representative_data=None, target="c
         raise ValueError("quantization='int8' needs representative_data (an array of example "
                          "inputs, 'fashion_mnist', 'tfds:NAME' or a folder)")
 
-    lowered = _lower(source, target, notes)
+    lowered = lowering.lower(source, target=target, batch_size=1)  # convert() runs batch 1
     rep = None
     if quantization == "int8":
         rep = calibration.generator(calib, lowered.to_lowered_input

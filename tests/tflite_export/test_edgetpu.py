@@ -55,10 +55,10 @@ def test_float_model_is_reported_and_refused():
 def test_float_section_after_int8_conversion_fails_the_edgetpu_export(tmp_path, monkeypatch):
     """Conv3D stays float between DEQUANTIZE and QUANTIZE under BUILTINS_INT8; without a
     lowering pass the Edge TPU export must stop and name the ops."""
-    from keras_priors.tflite_export import convert as convert_module
+    from keras_priors.tflite_export import lowering
 
-    monkeypatch.setattr(convert_module, "_lower",
-                        lambda model, target, notes: convert_module._Identity(model))
+    monkeypatch.setattr(lowering, "lower",
+                        lambda model, target, batch_size: lowering.Lowered(model))
     inp = keras.Input((4, 4, 4, 2))
     m = _model(inp, L.Conv3D(4, 3, padding="same")(inp))
     x = np.random.default_rng(0).normal(size=(4, 4, 4, 4, 2)).astype(np.float32)
