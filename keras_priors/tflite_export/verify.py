@@ -66,8 +66,9 @@ def dequantize(q, detail):
 
 
 class TFLiteRunner:
-    """Feeds float batches to a single-input .tflite one example at a time (the exported
-    models have a static batch of 1) and returns float outputs."""
+    """Feeds float batches to a single-input .tflite and returns float outputs: the whole
+    batch at once when the model's batch is dynamic (the input is resized to it), else one
+    example at a time (the exported models have a static batch of 1)."""
 
     def __init__(self, model, num_threads=None):
         self.interp = interpreter(model, num_threads)
@@ -75,17 +76,23 @@ class TFLiteRunner:
         if len(inputs) != 1:
             raise ValueError(f"expected a model with one input, it has {len(inputs)}")
         self.input = inputs[0]
-        self.outputs = self.interp.get_output_details()
+        self.dynamic_batch = self.input["shape_signature"][0] == -1
+
+    def _run(self, x):
+        if tuple(self.input["shape"]) != x.shape:
+            self.interp.resize_tensor_input(self.input["index"], x.shape)
+            self.interp.allocate_tensors()
+            self.input = self.interp.get_input_details()[0]
+        self.interp.set_tensor(self.input["index"], quantize(x, self.input))
+        self.interp.invoke()
+        output = self.interp.get_output_details()[0]
+        return dequantize(self.interp.get_tensor(output["index"]), output)
 
     def __call__(self, x):
         x = np.asarray(x, np.float32)
-        results = []
-        for example in x:
-            self.interp.set_tensor(self.input["index"], quantize(example[None], self.input))
-            self.interp.invoke()
-            results.append(dequantize(self.interp.get_tensor(self.outputs[0]["index"]),
-                                      self.outputs[0]))
-        return np.concatenate(results, axis=0)
+        if self.dynamic_batch:
+            return self._run(x)
+        return np.concatenate([self._run(example[None]) for example in x], axis=0)
 
 
 def _is_exclusive(y):
@@ -197,26 +204,17 @@ def top1_accuracy(model, images, labels, batch_size=250, num_threads=None):
     """Top-1 accuracy of a classifier .tflite (bytes or path) in the LiteRT interpreter.
 
     `images` are float inputs exactly as the Keras model takes them (already preprocessed);
-    an integer input tensor gets them quantized with its own scale and zero point. The
-    input is resized to each batch (models converted with a dynamic batch).
+    an integer input tensor gets them quantized with its own scale and zero point. A model
+    with a dynamic batch runs `batch_size` images at a time (`TFLiteRunner`).
     """
     images = np.asarray(images, dtype="float32")
     labels = np.asarray(labels).reshape(-1)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    interp = interpreter(model, num_threads)
-    inp = interp.get_input_details()[0]
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        if tuple(inp["shape"]) != x.shape:
-            interp.resize_tensor_input(inp["index"], x.shape)
-            interp.allocate_tensors()
-            inp = interp.get_input_details()[0]
-        interp.set_tensor(inp["index"], quantize(x, inp))
-        interp.invoke()
-        out = interp.get_tensor(interp.get_output_details()[0]["index"])
-        correct += int(np.sum(np.argmax(out, -1) == labels[start:start + batch_size]))
+    run = TFLiteRunner(model, num_threads)
+    correct = sum(int(np.sum(np.argmax(run(images[i:i + batch_size]), -1)
+                             == labels[i:i + batch_size]))
+                  for i in range(0, len(images), batch_size))
     return correct / len(labels)
 
 
