@@ -224,6 +224,12 @@ def export(model, path, quantization="none", representative_data=None, target="c
                         ("latency_repeats", latency_repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, received {value!r}")
+    if io_dtype != "int8" and quantization != "int8":
+        raise ValueError(f"io_dtype={io_dtype!r} (--io-dtype) applies to quantization='int8' "
+                         f"only; a {quantization!r} model keeps float32 inputs and outputs")
+    if verify_data is not None and not verify:
+        raise ValueError("verify_data (--verify-data) is given but verify=False (--no-verify) "
+                         "skips the agreement check that would use it")
     if target == "edgetpu" and quantization != "int8":
         raise ValueError(f"target='edgetpu' needs quantization='int8' (full integer); received "
                          f"quantization={quantization!r}")

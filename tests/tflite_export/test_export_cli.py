@@ -73,6 +73,11 @@ def test_existing_report_or_summary_needs_force(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--target", "edgetpu"], "target='edgetpu' needs quantization='int8'"),
+    (["--io-dtype", "uint8"], "io_dtype='uint8' (--io-dtype) applies to quantization='int8' "
+                              "only; a 'none' model keeps float32 inputs and outputs"),
+    (["--verify-data", "fashion_mnist", "--no-verify"],
+     "verify_data (--verify-data) is given but verify=False (--no-verify) skips the "
+     "agreement check that would use it"),
     (["--quant", "int8"], "needs representative_data"),
 ])
 def test_bad_combinations_exit_2_with_a_message(tmp_path, capsys, extra, message):
