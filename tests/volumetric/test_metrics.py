@@ -158,3 +158,39 @@ def test_metric_names_and_aliases():
     assert metrics.metric_names(["lesionwise_2025"]) == ["lesionwise_2025"]
     with pytest.raises(ValueError, match="unknown metric 'lesionwize'.*did you mean"):
         metrics.metric_names("lesionwize")
+
+
+def test_cli_evaluate_writes_json_and_never_overwrites_it(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from keras_priors import cli
+    from keras_priors.volumetric import synthetic
+
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    synthetic.write_cases(data, n=2, seed=3, downsample=4)
+    preds.mkdir()
+    for case in sorted(data.iterdir()):  # the reference itself as the prediction
+        img = nib.load(case / f"{case.name}_seg.nii.gz")
+        nib.save(img, preds / f"{case.name}_seg.nii.gz")
+    out = tmp_path / "scores.json"
+    argv = ["seg", "evaluate", "--pred", str(preds), "--data", str(data),
+            "--metrics", "global,lesionwise,nsd,lesionwise_2025", "--json", str(out)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "LW23 Dice" in table and "LW25 NSD" in table and "WT" in table
+    scores = json.loads(out.read_text())
+    assert scores["cases"] == 2 and scores["labels"]["BraTS2021_00000"] == "brats2021"
+    assert scores["dice"]["WT"] == 1.0 and scores["mean"]["lesionwise_2023"]["WT"]["fp"] == 0
+    assert scores["mean"]["lesionwise_2025"]["TC"]["f1"] == 1.0
+    assert set(scores["per_case"]) == {"BraTS2021_00000", "BraTS2021_00001"}
+    before = out.read_bytes()
+    assert cli.main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert cli.main(argv + ["--force"]) == 0
+    capsys.readouterr()
+    assert cli.main(argv[:-2] + ["--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["cases"] == 2
+    assert cli.main(argv[:6] + ["--metrics", "dice"]) == 2
+    assert "unknown metric 'dice'" in capsys.readouterr().err
