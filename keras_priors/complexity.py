@@ -212,6 +212,11 @@ def walk(model):
     The one graph walker of the package (profiles, lowering, the tfmot bridge). Keras has
     no public per-call view of a functional graph, so it reads `Functional._nodes_by_depth`,
     the order Keras itself runs the graph in (docs/export.md, "Internals we rely on").
+
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> model = keras.Model(inputs, keras.layers.ReLU()(keras.layers.Conv2D(4, 3)(inputs)))
+    >>> [(type(c.layer).__name__, tuple(c.outputs[0].shape)) for c in walk(model)]
+    [('Conv2D', (None, 6, 6, 4)), ('ReLU', (None, 6, 6, 4))]
     """
     model = functional(model, "walk")
     for depth in sorted(model._nodes_by_depth, reverse=True):
