@@ -202,9 +202,16 @@ def synchronize_batch_norm(model, on=True):
     """Batch statistics over the global batch (all replicas) instead of each replica's."""
     import keras
 
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = on
+
+
+def _all_layers(model):
+    """Every layer inside `model`, nested models' layers included (public `.layers` only)."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def _per_example_loss(loss):

@@ -299,3 +299,17 @@ def test_jax_data_parallel_equals_one_device(tmp_path):
     result = json.loads(out.split("RESULT", 1)[1].strip().splitlines()[0])
     assert result["backend"] == "jax" and result["devices"] == 2
     assert result["diff"] <= 1e-5, result
+
+
+def test_synchronize_batch_norm_reaches_nested_models():
+    import keras
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn_in")])
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.BatchNormalization(name="bn_out")(inner(x)))
+    distribute.synchronize_batch_norm(model)
+    norms = [layer for layer in distribute._all_layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert [n.name for n in norms] == ["bn_in", "bn_out"] and all(n.synchronized for n in norms)
+    distribute.synchronize_batch_norm(model, on=False)
+    assert not any(n.synchronized for n in norms)
