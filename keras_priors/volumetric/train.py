@@ -101,8 +101,9 @@ class Validation(keras.callbacks.Callback):
     """Every `every` epochs: mean sliding-window Dice per region on held-out cases, added to
     the epoch's logs (`val_dice_<region>`, `val_dice`), and the best weights saved."""
 
-    def __init__(self, dataset, case_ids, every, overlap, folder, state, names):
+    def __init__(self, dataset, case_ids, every, overlap, folder, state, names, verbose=True):
         super().__init__()
+        self.verbose = verbose
         self.dataset, self.case_ids, self.every, self.overlap = dataset, case_ids, every, overlap
         self.folder, self.state, self.names = Path(folder), state, names
 
@@ -122,9 +123,10 @@ class Validation(keras.callbacks.Callback):
             io.save_weights(self.model, self.folder / "best.weights.h5")
             self.state["best"] = {"epoch": epoch + 1, "val_dice": logs["val_dice"], **{
                 f"val_dice_{n}": v for n, v in means.items()}}
-        print(f"validation after epoch {epoch + 1}: Dice "
-              + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
-              + f" ({len(scores)} cases, {time.perf_counter() - t0:.0f} s)", flush=True)
+        if self.verbose:
+            print(f"validation after epoch {epoch + 1}: Dice "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
+                  + f" ({len(scores)} cases, {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy=None,
@@ -154,7 +156,7 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy
                  "spacing": list(dataset.spacing(train_ids[0])), "prepared": str(dataset.root)}
         state = run.start(model, files={"split.json": split})
         validation = Validation(dataset, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
-                                run.path, state, names)
+                                run.path, state, names, verbose=verbose != 0)
         if state["epoch"] < cfg.epochs:
             batches = patch_dataset(dataset, train_ids, cfg.patch, cfg.batch_size, cfg.seed,
                                     state["epoch"], cfg.epochs, steps_per_epoch=steps,
