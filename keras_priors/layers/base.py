@@ -222,6 +222,35 @@ def _serialize(obj):
     return keras.saving.serialize_keras_object(obj) if obj is not None else None
 
 
+def recompute_gradient(fn, x):
+    """`fn(x)`, with a backward pass that recomputes `fn`'s intermediates from `x` instead
+    of keeping them from the forward pass: only `x` is stored.
+
+    On TensorFlow a custom gradient whose recomputation waits for the incoming gradient
+    (a control dependency), so the graph executor cannot run it early and keep its results
+    alive (`tf.recompute_grad` / `keras.remat` save little there); on the other backends
+    `keras.remat`. Gradients equal those of `fn` itself.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.remat(fn)(x)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def run(x):
+        def grad(dy, variables=None):
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
+            with tf.GradientTape() as tape:
+                tape.watch(x_again)
+                y_again = fn(x_again)
+            grads = tape.gradient(y_again, [x_again, *(variables or [])], output_gradients=dy)
+            return grads[0], list(grads[1:])
+
+        return fn(x), grad
+
+    return run(x)
+
+
 # --------------------------------------------------------------------------- base
 class StructuredConv(keras.layers.Layer):
     """Base of the structured convolutions, generic in the spatial rank (1, 2 or 3).

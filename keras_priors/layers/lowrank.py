@@ -29,6 +29,7 @@ from .base import (
     StructuredConv,
     conv_output_length,
     positive_int,
+    recompute_gradient,
     same_padding,
 )
 
@@ -245,6 +246,11 @@ class LowRankConv(StructuredConv):
         sequential: run the members one after another instead of in parallel (presets set
             this themselves).
         kernel_initializer: default "composite_he_normal", std = sqrt(2 / sum_g |w_g| n_g).
+        recompute: in training, keep only the layer input for the backward pass and
+            recompute the member convs there, instead of storing the member outputs and
+            their concatenation ("auto": on for a parallel basis with a 1x1 combination on
+            TensorFlow, where it brings training memory below a full conv's; True / False
+            force it). Outputs and gradients are the same either way.
         Other arguments as in keras Conv layers.
     """
 
@@ -259,9 +265,13 @@ class LowRankConv(StructuredConv):
         strides=1,
         padding="valid",
         kernel_initializer=COMPOSITE_HE,
+        recompute="auto",
         **kwargs,
     ):
         positive_int(filters, "filters")
+        if recompute not in (True, False, "auto"):
+            raise ValueError(f"recompute must be True, False or 'auto', received "
+                             f"recompute={recompute!r}")
         members, resolved_combine, resolved_sequential = resolve_basis(
             basis, filters, kernel_size, rank, combine, sequential
         )
@@ -281,6 +291,17 @@ class LowRankConv(StructuredConv):
         self.sequential = resolved_sequential
         self.members = members
         self.bounding_kernel_size = _bounding(members, rank, resolved_sequential)
+        self.recompute = recompute
+
+    def _recomputes(self):
+        if self.recompute != "auto":
+            return self.recompute
+        return self.combine and not self.sequential and keras.backend.backend() == "tensorflow"
+
+    def call(self, inputs, training=None):
+        if training and self._recomputes():
+            return recompute_gradient(super().call, inputs)
+        return super().call(inputs)
 
     # ------------------------------------------------------------------ build
     def _spatial_width(self):
@@ -402,6 +423,7 @@ class LowRankConv(StructuredConv):
                 "basis": basis,
                 "combine": self._combine_arg,
                 "sequential": self._sequential_arg,
+                "recompute": self.recompute,
             }
         )
         return config

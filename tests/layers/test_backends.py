@@ -23,6 +23,7 @@ cases = [
     (RootConv2D, dict(filters=8, kernel_size=3, groups=4, padding="same", implementation="grouped"), (2, 9, 10, 4)),
     (RootConv2D, dict(filters=8, kernel_size=3, groups=4, padding="same", implementation="split"), (2, 9, 10, 4)),
     (RootConv3D, dict(filters=8, kernel_size=3, groups=2, padding="valid", implementation="auto"), (1, 5, 6, 7, 4)),
+    (LowRankConv3D, dict(filters=6, kernel_size=3, basis="lr_join", padding="same", recompute=True), (1, 5, 6, 7, 4)),
 ]
 out = {}
 for i, (cls, kwargs, shape) in enumerate(cases):
@@ -31,7 +32,8 @@ for i, (cls, kwargs, shape) in enumerate(cases):
     layer = cls(**kwargs)
     layer.build(shape)
     layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.weights])
-    out[f"case{i}"] = keras.ops.convert_to_numpy(layer(x))
+    training = kwargs.get("recompute") is True  # the recomputing training path (keras.remat)
+    out[f"case{i}"] = keras.ops.convert_to_numpy(layer(x, training=training))
 np.savez(sys.argv[1], backend=keras.backend.backend(), **out)
 """
 

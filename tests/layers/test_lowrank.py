@@ -194,3 +194,48 @@ def test_valid_padding_input_too_small():
     layer = LowRankConv2D(4, 5, basis="lr")
     with pytest.raises(ValueError, match="smaller than the kernel extent"):
         layer.compute_output_shape((1, 3, 9, 2))
+
+
+@pytest.mark.parametrize("rank,basis", [(2, "lr_join"), (3, "lr_join"), (2, "lr_lde"),
+                                        (3, "lr_join_wfull")])
+def test_recompute_gives_the_same_outputs_and_gradients(rank, basis):
+    """The memory-lean training path (only the input kept, member convs recomputed in the
+    backward pass) equals the plain one, eagerly and inside a tf.function."""
+    import tensorflow as tf
+
+    from keras_priors.layers import LowRankConv2D, LowRankConv3D
+
+    cls = LowRankConv2D if rank == 2 else LowRankConv3D
+    shape = (2, 9, 8, 5)[: rank + 1] + (3,) if rank == 2 else (2, 7, 6, 5, 3)
+    x = tf.constant(np.random.default_rng(0).normal(size=shape), tf.float32)
+    lean = cls(6, 3, basis=basis, padding="same", strides=1, activation="relu", recompute=True)
+    plain = cls(6, 3, basis=basis, padding="same", strides=1, activation="relu", recompute=False)
+    lean.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(lean.get_weights())
+    probe = tf.constant(np.random.default_rng(1).normal(size=lean(x).shape), tf.float32)
+
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * probe)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    for run in (grads, tf.function(grads)):
+        for a, b in zip(run(lean), run(plain)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_recompute_is_in_the_config_and_checked():
+    from keras_priors.layers import LowRankConv2D
+
+    layer = LowRankConv2D(8, 3, basis="lr_join", recompute=False)
+    assert layer.get_config()["recompute"] is False
+    assert LowRankConv2D.from_config(layer.get_config()).recompute is False
+    assert LowRankConv2D(8, 3, basis="lr_join")._recomputes()  # auto: on with a 1x1, on TF
+    assert not LowRankConv2D(8, 3, basis="lr")._recomputes()  # no 1x1: nothing to save
+    assert not LowRankConv2D(8, 3, basis="sf")._recomputes()  # sequential
+    with pytest.raises(ValueError, match="recompute must be True, False or 'auto', "
+                                         "received recompute='yes'"):
+        LowRankConv2D(8, 3, recompute="yes")
