@@ -248,9 +248,10 @@ class LowRankConv(StructuredConv):
         kernel_initializer: default "composite_he_normal", std = sqrt(2 / sum_g |w_g| n_g).
         recompute: in training, keep only the layer input for the backward pass and
             recompute the member convs there, instead of storing the member outputs and
-            their concatenation ("auto": on for a parallel basis with a 1x1 combination on
-            TensorFlow, where it brings training memory below a full conv's; True / False
-            force it). Outputs and gradients are the same either way.
+            their concatenation (default False). Outputs and gradients are the same either
+            way. It brings a plain stack of composites below a full conv's training memory
+            (773 vs 1182 MB; full Conv3D 819 MB, 64^3), but not a U-Net whose norm layers
+            dominate (3347 vs 3318 MB at 96^3, 1.4x the step time): docs/performance.md.
         Other arguments as in keras Conv layers.
     """
 
@@ -265,13 +266,12 @@ class LowRankConv(StructuredConv):
         strides=1,
         padding="valid",
         kernel_initializer=COMPOSITE_HE,
-        recompute="auto",
+        recompute=False,
         **kwargs,
     ):
         positive_int(filters, "filters")
-        if recompute not in (True, False, "auto"):
-            raise ValueError(f"recompute must be True, False or 'auto', received "
-                             f"recompute={recompute!r}")
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute must be True or False, received recompute={recompute!r}")
         members, resolved_combine, resolved_sequential = resolve_basis(
             basis, filters, kernel_size, rank, combine, sequential
         )
@@ -293,13 +293,8 @@ class LowRankConv(StructuredConv):
         self.bounding_kernel_size = _bounding(members, rank, resolved_sequential)
         self.recompute = recompute
 
-    def _recomputes(self):
-        if self.recompute != "auto":
-            return self.recompute
-        return self.combine and not self.sequential and keras.backend.backend() == "tensorflow"
-
     def call(self, inputs, training=None):
-        if training and self._recomputes():
+        if training and self.recompute:
             return recompute_gradient(super().call, inputs)
         return super().call(inputs)
 

@@ -230,12 +230,10 @@ def test_recompute_gives_the_same_outputs_and_gradients(rank, basis):
 def test_recompute_is_in_the_config_and_checked():
     from keras_priors.layers import LowRankConv2D
 
-    layer = LowRankConv2D(8, 3, basis="lr_join", recompute=False)
-    assert layer.get_config()["recompute"] is False
-    assert LowRankConv2D.from_config(layer.get_config()).recompute is False
-    assert LowRankConv2D(8, 3, basis="lr_join")._recomputes()  # auto: on with a 1x1, on TF
-    assert not LowRankConv2D(8, 3, basis="lr")._recomputes()  # no 1x1: nothing to save
-    assert not LowRankConv2D(8, 3, basis="sf")._recomputes()  # sequential
-    with pytest.raises(ValueError, match="recompute must be True, False or 'auto', "
+    layer = LowRankConv2D(8, 3, basis="lr_join", recompute=True)
+    assert layer.get_config()["recompute"] is True
+    assert LowRankConv2D.from_config(layer.get_config()).recompute is True
+    assert LowRankConv2D(8, 3, basis="lr_join").recompute is False  # the default
+    with pytest.raises(ValueError, match="recompute must be True or False, "
                                          "received recompute='yes'"):
         LowRankConv2D(8, 3, recompute="yes")
