@@ -9,11 +9,6 @@ have, whatever the number of loader workers.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from .layouts import Case, load_case, to_regions
@@ -40,34 +35,11 @@ def targets(case: Case, label):
     return label.astype(np.uint8)[..., None]
 
 
-def _cache_key(case: Case):
-    parts = []
-    for source in list(case.images.values()) + [case.label]:
-        path = source[0] if isinstance(source, tuple) else source
-        if path is not None:
-            st = Path(path).stat()
-            parts.append(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def prepare(case: Case, cache_dir=None):
-    """(normalised images, targets) of a case; cached as .npz under `cache_dir` (keyed by
-    the files' paths, sizes and times, so edited inputs are read again)."""
-    if cache_dir is not None:
-        cache = Path(cache_dir) / f"{case.case_id}-{_cache_key(case)}.npz"
-        if cache.exists():
-            with np.load(cache) as z:
-                return z["images"], (z["targets"] if "targets" in z.files else None)
+def prepare(case: Case):
+    """(normalised images, targets) of one case in memory (calibration, tests); training
+    uses the memory-mapped `prepare.prepare_dataset` instead."""
     images, label, _ = load_case(case)
-    images, y = zscore(images), targets(case, label)
-    if cache_dir is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
-        arrays = {"images": images} | ({"targets": y} if y is not None else {})
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
-    return images, y
+    return zscore(images), targets(case, label)
 
 
 def _pad_to(array, size):
