@@ -8,6 +8,14 @@ Subpackages load on first use, so `import keras_priors` stays cheap:
 """
 
 import importlib
+import os
+
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 class features.
+# On an AVX2-only CPU without them the 3D U-Nets train 4x slower in 3x the memory (Eigen's
+# 3D conv gradients) and grouped convs lose their native kernel (docs/performance.md). Read
+# when TensorFlow loads, so it applies if keras_priors is imported first (the CLI always
+# is); an explicit TF_ENABLE_ONEDNN_OPTS=0 is respected.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 

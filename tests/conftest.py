@@ -6,6 +6,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# What `import keras_priors` sets before TensorFlow loads; test modules may import keras first.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 if "KERAS_PRIORS_HOME" not in os.environ:  # subprocesses of the tests inherit it
     os.environ["KERAS_PRIORS_HOME"] = tempfile.mkdtemp(prefix="keras-priors-tests-")
 
