@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import keras
+from keras import ops
 
 from .base import (
     COMPOSITE_HE,
@@ -28,6 +29,7 @@ from .base import (
     Decomposition,
     StructuredConv,
     conv_output_length,
+    mark_recomputable,
     positive_int,
     recompute_gradient,
     same_padding,
@@ -294,9 +296,38 @@ class LowRankConv(StructuredConv):
         self.recompute = recompute
 
     def call(self, inputs, training=None):
-        if training and self.recompute:
-            return recompute_gradient(super().call, inputs)
-        return super().call(inputs)
+        if not (training and self.recompute):
+            return super().call(inputs)
+        y = recompute_gradient(self._linear, inputs, self._terms(inputs))
+        if self.activation not in (None, keras.activations.linear):
+            return self.activation(y)
+        mark_recomputable(y, self._linear, inputs)
+        return y
+
+    def _linear(self, x):
+        """The composite without its activation."""
+        y = self._spatial_call(x)
+        return self._combine_step()(y, self.data_format) if self.combine else y
+
+    def _terms(self, x):
+        """Functions whose outputs sum to `_linear(x)`: each parallel member through its
+        rows of the 1x1 combination (the first adds the combination's bias), so that the
+        recomputing backward pass can take one member at a time. None for a sequential
+        basis or a plain concatenation, whose members do not add up."""
+        if self.sequential or not self.combine:
+            return None
+        steps, _ = self._spatial_steps(self._spatial_shape(x.shape))
+        ones = (1,) * self.rank
+        terms, start = [], 0
+        for i, (step, (_, n)) in enumerate(zip(steps, self.members)):
+            def term(x, step=step, rows=slice(start, start + n), first=i == 0):
+                kernel = ops.convert_to_tensor(self.combine_kernel)[..., rows, :]
+                bias = self.combine_bias if first else None
+                combine = ConvStep("combine", kernel, bias, ones, "valid", ones)
+                return combine(step(x, self.data_format), self.data_format)
+            terms.append(term)
+            start += n
+        return terms
 
     # ------------------------------------------------------------------ build
     def _spatial_width(self):

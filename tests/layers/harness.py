@@ -125,3 +125,19 @@ def block_diagonal_kernel(layer, in_channels):
     for i in range(g):
         full[..., i * cg : (i + 1) * cg, i * fg : (i + 1) * fg] = kernel[..., i * fg : (i + 1) * fg]
     return full
+
+
+def record_recompute_sources(monkeypatch):
+    """A list that records, for each GroupNormalization training call on TensorFlow,
+    whether it recomputes its input from a recomputing composite's input."""
+    from keras_priors.layers import norm
+
+    used, original = [], norm.recompute_source
+
+    def spy(y):
+        found = original(y)
+        used.append(found is not None)
+        return found
+
+    monkeypatch.setattr(norm, "recompute_source", spy)
+    return used

@@ -196,11 +196,13 @@ def test_valid_padding_input_too_small():
         layer.compute_output_shape((1, 3, 9, 2))
 
 
-@pytest.mark.parametrize("rank,basis", [(2, "lr_join"), (3, "lr_join"), (2, "lr_lde"),
-                                        (3, "lr_join_wfull")])
-def test_recompute_gives_the_same_outputs_and_gradients(rank, basis):
+@pytest.mark.parametrize("rank,basis,activation", [
+    (2, "lr_join", "relu"), (3, "lr_join", "relu"), (2, "lr_lde", "relu"),
+    (3, "lr_join_wfull", "relu"), (3, "lr_join", None), (2, "lr", None), (3, "sf", None)])
+def test_recompute_gives_the_same_outputs_and_gradients(rank, basis, activation):
     """The memory-lean training path (only the input kept, member convs recomputed in the
-    backward pass) equals the plain one, eagerly and inside a tf.function."""
+    backward pass one member at a time where they add up through the 1x1 combination)
+    equals the plain one, eagerly and inside a tf.function, with bias and activation."""
     import tensorflow as tf
 
     from keras_priors.layers import LowRankConv2D, LowRankConv3D
@@ -208,8 +210,10 @@ def test_recompute_gives_the_same_outputs_and_gradients(rank, basis):
     cls = LowRankConv2D if rank == 2 else LowRankConv3D
     shape = (2, 9, 8, 5)[: rank + 1] + (3,) if rank == 2 else (2, 7, 6, 5, 3)
     x = tf.constant(np.random.default_rng(0).normal(size=shape), tf.float32)
-    lean = cls(6, 3, basis=basis, padding="same", strides=1, activation="relu", recompute=True)
-    plain = cls(6, 3, basis=basis, padding="same", strides=1, activation="relu", recompute=False)
+    lean = cls(6, 3, basis=basis, padding="same", strides=1, activation=activation,
+               recompute=True)
+    plain = cls(6, 3, basis=basis, padding="same", strides=1, activation=activation,
+                recompute=False)
     lean.build(x.shape)
     plain.build(x.shape)
     plain.set_weights(lean.get_weights())
