@@ -8,6 +8,7 @@ accounting) and `decompose` (plain conv steps with their weights, for the export
 
 from .base import CompositeHeNormal, ConvPart, ConvStep, Decomposition, StructuredConv
 from .lowrank import PRESETS, LowRankConv, LowRankConv2D, LowRankConv3D, resolve_basis
+from .norm import GroupNormalization
 from .root import (
     IMPLEMENTATIONS,
     RootConv,
@@ -22,6 +23,7 @@ __all__ = [
     "ConvPart",
     "ConvStep",
     "Decomposition",
+    "GroupNormalization",
     "IMPLEMENTATIONS",
     "LowRankConv",
     "LowRankConv2D",

@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from ..complexity import functional, input_layers, walk
+from ..layers import GroupNormalization as KPGroupNormalization
 from ..layers import LowRankConv, RootConv
 
 TARGETS = ("cpu", "edgetpu")
@@ -173,7 +174,8 @@ def _is_linear(activation):
 
 
 def _builtin(layer):
-    return type(layer).__module__.startswith("keras.") or isinstance(layer, GroupNorm)
+    return type(layer).__module__.startswith("keras.") or isinstance(
+        layer, (GroupNorm, KPGroupNormalization))
 
 
 @keras.saving.register_keras_serializable(package="keras_priors.lowering")
@@ -245,7 +247,7 @@ class GroupNorm(keras.layers.Layer):
 
 def _group_norm_ok(layer, x):
     """A keras GroupNormalization over the last axis that GroupNorm can replace."""
-    if type(layer) is not L.GroupNormalization or not isinstance(x, keras.KerasTensor):
+    if not isinstance(layer, L.GroupNormalization) or not isinstance(x, keras.KerasTensor):
         return False
     rank = len(x.shape)
     return layer.axis in (-1, rank - 1) and x.shape[-1] is not None and (
@@ -373,7 +375,7 @@ class _Lowering:
                     len({self.geom[id(t)] for t in flat}) == 1:
                 overrides = {"axis": -1} if type(layer).__name__ in AXIS_LAYERS else {}
                 geom = self.geom[id(flat[0])]
-                if type(layer).__name__ != "GroupNormalization":
+                if not isinstance(layer, L.GroupNormalization):
                     return self.rows(self.clone(layer, args, kwargs, overrides), geom)
                 return self.rows(self.group_norm(layer, flat[0], "on rows"), geom)
         args, kwargs = keras.tree.map_structure(

@@ -14,7 +14,7 @@ SCRIPT = r"""
 import sys
 import numpy as np
 import keras
-from keras_priors.layers import LowRankConv2D, LowRankConv3D, RootConv2D, RootConv3D
+from keras_priors.layers import GroupNormalization, LowRankConv2D, LowRankConv3D, RootConv2D, RootConv3D
 
 cases = [
     (LowRankConv2D, dict(filters=8, kernel_size=3, basis="lr_join_wfull", padding="same", strides=2), (2, 9, 10, 4)),
@@ -24,6 +24,7 @@ cases = [
     (RootConv2D, dict(filters=8, kernel_size=3, groups=4, padding="same", implementation="split"), (2, 9, 10, 4)),
     (RootConv3D, dict(filters=8, kernel_size=3, groups=2, padding="valid", implementation="auto"), (1, 5, 6, 7, 4)),
     (LowRankConv3D, dict(filters=6, kernel_size=3, basis="lr_join", padding="same", recompute=True), (1, 5, 6, 7, 4)),
+    (GroupNormalization, dict(groups=-1), (2, 5, 6, 7, 4)),
 ]
 out = {}
 for i, (cls, kwargs, shape) in enumerate(cases):
