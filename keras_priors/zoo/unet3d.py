@@ -5,6 +5,14 @@ kxkxk plus a 1x1x1 combination). One builder; the variants are data.
 Each level has two conv -> norm -> ReLU blocks; 2x max pooling down, nearest-neighbour
 upsampling and concatenation with the skip up; a 1x1x1 conv gives one output channel per
 class or region (sigmoid for BraTS regions WT/TC/ET, softmax for exclusive classes).
+
+The norm is instance normalisation: `keras_priors.layers.GroupNormalization(groups=-1)`,
+Keras' layer with a faster and leaner path for one group per channel (same weights). In
+training, the low-rank U-Net's composites recompute their cheap member convs in the
+backward pass (`recompute=True`, the default) and the norm after each of them recomputes
+its input from the composite's input, so each low-rank conv -> norm -> ReLU unit keeps
+only its input: the memory and time this buys are in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from ..layers import LowRankConv3D, RootConv3D
+from ..layers import GroupNormalization, LowRankConv3D, RootConv3D
 from .common import check_width
 from .registry import ModelSpec, register
 
@@ -28,6 +36,7 @@ class UNet3DConfig:
     groups: int = 4  # root only
     basis: str = "lr_join"  # lowrank only
     norm: str = "instance"  # "instance" (no batch statistics: right for batches of 1-2) or "batch"
+    recompute: bool = True  # lowrank only: training keeps each conv -> norm unit's input only
 
 
 def _conv(x, filters, cfg, name, first):
@@ -35,7 +44,7 @@ def _conv(x, filters, cfg, name, first):
         return keras.layers.Conv3D(filters, 3, padding="same", use_bias=False, name=name)(x)
     if cfg.conv == "lowrank":
         return LowRankConv3D(filters, 3, basis=cfg.basis, padding="same", use_bias=False,
-                             name=name)(x)
+                             recompute=cfg.recompute, name=name)(x)
     if cfg.conv == "root":  # level_widths made every width (and so every input) divisible
         return RootConv3D(filters, 3, groups=cfg.groups, combine=True, padding="same",
                           use_bias=False, name=name)(x)
@@ -46,7 +55,7 @@ def _norm(x, cfg, name):
     if cfg.norm == "batch":
         return keras.layers.BatchNormalization(name=name)(x)
     if cfg.norm == "instance":
-        return keras.layers.GroupNormalization(groups=-1, name=name)(x)
+        return GroupNormalization(groups=-1, name=name)(x)
     raise ValueError(f"norm must be 'batch' or 'instance', received norm={cfg.norm!r}")
 
 
@@ -134,11 +143,12 @@ VARIANTS = {
 
 def _builder(cfg):
     def build(include_top, input_shape, classes, pooling, classifier_activation, name,
-              width=1.0, widths=None, norm=None):
+              width=1.0, widths=None, norm=None, recompute=None):
         if not include_top or pooling is not None:
             raise ValueError("a U-Net has no classifier head to drop: use include_top=True")
         c = UNet3DConfig(cfg.conv, tuple(widths) if widths else cfg.widths, cfg.groups,
-                         cfg.basis, norm or cfg.norm)
+                         cfg.basis, norm or cfg.norm,
+                         cfg.recompute if recompute is None else recompute)
         return build_unet3d(c, input_shape or (64, 64, 64, 4), classes, classifier_activation,
                             name, width)
     return build

@@ -201,3 +201,42 @@ def test_architecture_options():
     assert zoo.load("resnet20_root8", input_shape=(28, 28, 1), width=0.5).count_params() < 100_000
     with pytest.raises(ValueError, match=r"'resnet50' takes no architecture option\(s\) \['width'\]"):
         zoo.load("resnet50", width=0.5)
+
+
+def test_low_rank_zoo_models_recompute_and_train_the_same(monkeypatch):
+    """unet3d_lowrank (and the combining VGG variants) recompute in training by default; a
+    training step's gradients equal those of the same weights without recomputation, and
+    with it every norm behind a composite recomputes its input."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tests.layers.harness import record_recompute_sources
+
+    lean = zoo.load("unet3d_lowrank", input_shape=(16, 16, 16, 4), widths=(4, 8))
+    plain = zoo.load("unet3d_lowrank", input_shape=(16, 16, 16, 4), widths=(4, 8),
+                     recompute=False)
+    recomputing = [layer.recompute for layer in lean.layers if hasattr(layer, "recompute")]
+    assert recomputing and all(recomputing)
+    assert not any(layer.recompute for layer in plain.layers if hasattr(layer, "recompute"))
+    vgg = zoo.load("vgg11_gmp_lr_join", input_shape=(32, 32, 3), classes=10)
+    assert all(layer.recompute for layer in vgg.layers if hasattr(layer, "recompute"))
+    rng = np.random.default_rng(0)
+    plain.set_weights([rng.normal(0, 0.3, size=w.shape).astype("float32")
+                       for w in plain.weights])
+    lean.set_weights(plain.get_weights())
+    x = tf.constant(rng.normal(size=(2, 16, 16, 16, 4)), tf.float32)
+
+    sources = record_recompute_sources(monkeypatch)
+
+    @tf.function
+    def step(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(x, training=True) ** 2)
+        return [loss, *tape.gradient(loss, model.trainable_variables)]
+
+    got = step(lean)
+    # every norm but the first (behind the full first conv) recomputes its input
+    assert sources == [False] + [True] * 5  # enc0, enc1, dec0: two norms each
+    want = step(plain)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
