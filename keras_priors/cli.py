@@ -13,7 +13,7 @@
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench [models|layers|floor|seg] [--size full|quick|smoke] [--only BASELINE ...]
+    keras-priors bench [models|layers|floor|seg|unet] [--size full|quick|smoke] [--only BASELINE ...]
                        [--json F] [--compare F]
 """
 
@@ -194,7 +194,8 @@ _BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
     "--size": ("size", ("models", "floor")), "--only": ("only", ("models", "floor")),
     "--no-tflite": ("no_tflite", ("models", "floor")), "--compare": ("compare", ("models",)),
     "--no-memory": ("no_memory", ("models",)),
-    "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg",)),
+    "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg", "unet")),
+    "--widths": ("widths", ("unet",)),
 }
 
 
@@ -215,6 +216,13 @@ def _bench(args):
         argv += ["--cases", *map(str, args.cases)] if args.cases else []
         argv += ["--patch", *map(str, args.patch)] if args.patch else []
         return seg.main(argv + (["--json", args.json] if args.json else []))
+    if args.what == "unet":
+        from .bench import unet
+
+        argv = ["--quick"] if args.quick else []
+        argv += ["--patch", *map(str, args.patch)] if args.patch else []
+        argv += ["--widths", *map(str, args.widths)] if args.widths else []
+        return unet.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "layers":
         from .bench import layers
 
@@ -324,7 +332,7 @@ def build_parser():
     export_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks that print tables (default: models)")
-    p.add_argument("what", nargs="?", choices=["models", "layers", "floor", "seg"],
+    p.add_argument("what", nargs="?", choices=["models", "layers", "floor", "seg", "unet"],
                    default="models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
@@ -338,7 +346,9 @@ def build_parser():
     p.add_argument("--cases", type=int, nargs="+", metavar="N",
                    help="seg: numbers of BraTS-size cases (default 4 16 40)")
     p.add_argument("--patch", type=int, nargs="+", metavar="P",
-                   help="seg: cubic patch sizes (default 64 128)")
+                   help="seg: cubic patch sizes (default 64 128); unet: (default 96 128)")
+    p.add_argument("--widths", type=int, nargs="+", metavar="W",
+                   help="unet: filters per level (default 16 32 64 128)")
     p.set_defaults(func=_bench)
     return parser
 

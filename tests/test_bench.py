@@ -99,3 +99,20 @@ def test_bench_floor_cli_smoke(capsys, tmp_path):
     ok = all(lowest[k] / base[k] <= models.KERAS_FACTOR * low["macs"] / base["macs"]
              for k in ("infer_bs1", "train"))  # the smoke pair has one batch size
     assert _row(out, "unet3d_lowrank")[-1] == f"keras {'yes' if ok else 'NO'}"  # as measured
+
+
+def test_bench_unet_smoke(capsys, tmp_path):
+    """`bench unet --quick`: every row measured in its own process, ratios to unet3d with
+    this package's norm, the machine's oneDNN setting recorded."""
+    saved = tmp_path / "unet.json"
+    assert cli.main(["bench", "unet", "--quick", "--json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads(saved.read_text())
+    rows = [(r["model"], r["recompute"], r["norm"]) for r in results["rows"]]
+    assert rows == [("unet3d", None, "keras"), ("unet3d", None, "ours"),
+                    ("unet3d_lowrank", False, "keras"), ("unet3d_lowrank", False, "ours"),
+                    ("unet3d_lowrank", True, "ours"), ("unet3d_root", None, "ours")]
+    for r in results["rows"]:
+        assert r["memory_mb"] > 0 and r["step_s"] > 0 and r["infer_s"] > 0 and r["patch"] == 16
+    assert "| 16^3 | unet3d | - | ours |" in out and "| 1.00 |" in out
+    assert results["machine"]["TF_ENABLE_ONEDNN_OPTS"] in ("0", "1")

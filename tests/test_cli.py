@@ -190,6 +190,10 @@ def test_bench_options_a_benchmark_does_not_take_are_errors(capsys, tmp_path):
     assert code == 2 and err == "error: bench seg takes no --only (only bench models and floor do)\n"
     code, _, err = run(capsys, "bench", "models", "--cases", "4")
     assert code == 2 and err == "error: bench models takes no --cases (only bench seg do)\n"
+    code, _, err = run(capsys, "bench", "seg", "--widths", "8", "16")
+    assert code == 2 and err == "error: bench seg takes no --widths (only bench unet do)\n"
+    code, _, err = run(capsys, "bench", "floor", "--patch", "96")
+    assert code == 2 and err == "error: bench floor takes no --patch (only bench seg and unet do)\n"
     code, _, err = run(capsys, "bench", "--quick", "--compare", str(tmp_path / "old.json"))
     assert code == 2 and f"--compare {tmp_path / 'old.json'}: no such file" in err
     (tmp_path / "bad.json").write_text("[1, 2]")

@@ -1,0 +1,161 @@
+"""Training memory, training step and inference time of the 3D U-Nets at the patch sizes
+people train at: full vs low-rank vs root, and what each change to the U-Net bought.
+
+Each row runs in a fresh process: build the model at a (P, P, P, 4) patch, compile it with
+Dice + BCE and AdamW, one warm-up step, then `steps` timed training steps at batch 2, then
+inference (`predict_on_batch`, batch 2, after one warm-up call). Memory is the rise of the
+process's peak resident set (ru_maxrss) from just before the first step (which also traces
+the step) to the end of the training steps. Rows:
+
+- `unet3d`, `unet3d_lowrank` (the default: recomputing units), `unet3d_root`;
+- `unet3d_lowrank` with `recompute=False` (composites and norms keep their tensors);
+- `unet3d` and `unet3d_lowrank` (`recompute=False`) with Keras' own GroupNormalization
+  instead of this package's, i.e. the U-Nets as they were before the lean norm.
+
+    keras-priors bench unet --patch 96 128 [--widths 16 32 64 128] [--json out.json]
+    keras-priors bench unet --quick     # smoke run at 16^3
+
+Also `python benchmarks/unet_memory.py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROWS = [  # (model, recompute, norm): norm "ours" or "keras"
+    ("unet3d", None, "keras"),
+    ("unet3d", None, "ours"),
+    ("unet3d_lowrank", False, "keras"),
+    ("unet3d_lowrank", False, "ours"),
+    ("unet3d_lowrank", True, "ours"),
+    ("unet3d_root", None, "ours"),
+]
+
+CHILD = r"""
+import json, os, resource, sys, time
+import numpy as np
+import keras
+from keras_priors import zoo
+from keras_priors.zoo import unet3d
+from keras_priors.volumetric.losses import DiceCELoss
+
+
+args = json.loads(sys.argv[1])
+p = args["patch"]
+if args["norm"] == "keras":
+    unet3d.GroupNormalization = keras.layers.GroupNormalization
+extra = {} if args["recompute"] is None else {"recompute": args["recompute"]}
+model = zoo.load(args["model"], input_shape=(p, p, p, 4), classes=3,
+                 classifier_activation="sigmoid", widths=tuple(args["widths"]), **extra)
+model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=DiceCELoss())
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, p, p, p, 4)).astype("float32")
+y = (rng.random((2, p, p, p, 3)) > 0.9).astype("float32")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.train_on_batch(x, y)  # traces the step
+t0 = time.perf_counter()
+for _ in range(args["steps"]):
+    model.train_on_batch(x, y)
+step = (time.perf_counter() - t0) / args["steps"]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.predict_on_batch(x)
+t0 = time.perf_counter()
+for _ in range(args["steps"]):
+    model.predict_on_batch(x)
+infer = (time.perf_counter() - t0) / args["steps"]
+print("RESULT", json.dumps({"memory_mb": round((peak - before) / 1024),
+                            "step_s": round(step, 3), "infer_s": round(infer, 3)}))
+"""
+
+
+def measure(model, recompute, norm, patch, widths, steps):
+    """One row in a fresh process: {"memory_mb", "step_s", "infer_s"}."""
+    args = {"model": model, "recompute": recompute, "norm": norm, "patch": patch,
+            "widths": widths, "steps": steps}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{model} at {patch}^3 failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _ratio(row, base, key):
+    """row[key] / base[key] to two places, "-" where the base is 0 (tiny smoke sizes can
+    raise the peak resident set by less than a megabyte)."""
+    return f"{row[key] / base[key]:.2f}" if base[key] else "-"
+
+
+def machine():
+    """What the numbers depend on: CPU count and vector extensions, and whether
+    TensorFlow's oneDNN kernels are on (keras_priors turns them on unless told not to)."""
+    import platform
+
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    import keras_priors  # noqa: F401  (sets the oneDNN default before TensorFlow loads)
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "avx512": sorted(f for f in flags if f.startswith("avx512")),
+            "avx2": "avx2" in flags,
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patch", type=int, nargs="+", default=[96, 128])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 16^3, widths 4-8")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.patch, args.widths, args.steps = [16], [4, 8], 1
+    for p in args.patch:
+        if p <= 0 or p % 2 ** (len(args.widths) - 1):
+            raise ValueError(f"--patch {p}: must be a positive multiple of "
+                             f"{2 ** (len(args.widths) - 1)} for {len(args.widths)} levels")
+    info = machine()
+    print(f"machine: {info['cpus']} CPUs, AVX2 {info['avx2']}, AVX-512 "
+          f"{' '.join(info['avx512']) or 'none'}, TF_ENABLE_ONEDNN_OPTS="
+          f"{info['TF_ENABLE_ONEDNN_OPTS']}; widths {'-'.join(map(str, args.widths))}, batch 2")
+    print("| patch | model | recompute | norm | training memory MB | x unet3d | step s | "
+          "x unet3d | inference s | x unet3d |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for patch in args.patch:
+        full = None
+        for model, recompute, norm in ROWS:
+            r = measure(model, recompute, norm, patch, args.widths, args.steps)
+            r.update(model=model, recompute=recompute, norm=norm, patch=patch,
+                     widths=args.widths)
+            if model == "unet3d" and norm == "ours":
+                full = r
+            results.append(r)
+        for r in (r for r in results if r["patch"] == patch):
+            print(f"| {patch}^3 | {r['model']} | {'-' if r['recompute'] is None else r['recompute']}"
+                  f" | {r['norm']} | {r['memory_mb']} | {_ratio(r, full, 'memory_mb')} | "
+                  f"{r['step_s']:.2f} | {_ratio(r, full, 'step_s')} | "
+                  f"{r['infer_s']:.2f} | {_ratio(r, full, 'infer_s')} |", flush=True)
+    if args.json:
+        from .. import io
+
+        io.write_json(args.json, {"machine": info, "rows": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
