@@ -41,6 +41,7 @@ import numpy as np
 import keras
 from keras_priors import zoo
 from keras_priors.zoo import unet3d
+from keras_priors.layers import base, lowrank
 from keras_priors.volumetric.losses import DiceCELoss
 
 
@@ -48,6 +49,10 @@ args = json.loads(sys.argv[1])
 p = args["patch"]
 if args["norm"] == "keras":
     unet3d.GroupNormalization = keras.layers.GroupNormalization
+if "no2d" in args["ablate"]:  # axis members as 3D convs
+    base._axis_conv_as_2d = lambda *a: None
+if "nomark" in args["ablate"]:  # norms keep their own input
+    lowrank.mark_recomputable = lambda *a: None
 extra = {} if args["recompute"] is None else {"recompute": args["recompute"]}
 model = zoo.load(args["model"], input_shape=(p, p, p, 4), classes=3,
                  classifier_activation="sigmoid", widths=tuple(args["widths"]), **extra)
@@ -72,10 +77,12 @@ print("RESULT", json.dumps({"memory_mb": round((peak - before) / 1024),
 """
 
 
-def measure(model, recompute, norm, patch, widths, steps):
-    """One row in a fresh process: {"memory_mb", "step_s", "infer_s"}."""
+def measure(model, recompute, norm, patch, widths, steps, ablate=()):
+    """One row in a fresh process: {"memory_mb", "step_s", "infer_s"}. `ablate`: parts of
+    the lean path to turn off, "no2d" (3D axis members as 3D convs) and "nomark" (norms
+    keep their own input instead of recomputing it); benchmarks/unet_ablation.py."""
     args = {"model": model, "recompute": recompute, "norm": norm, "patch": patch,
-            "widths": widths, "steps": steps}
+            "widths": widths, "steps": steps, "ablate": list(ablate)}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
                           capture_output=True, text=True)
@@ -105,8 +112,6 @@ def machine():
                     break
     except OSError:
         pass
-    import keras_priors  # noqa: F401  (sets the oneDNN default before TensorFlow loads)
-
     return {"cpus": os.cpu_count(), "platform": platform.platform(),
             "avx512": sorted(f for f in flags if f.startswith("avx512")),
             "avx2": "avx2" in flags,

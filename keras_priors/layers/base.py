@@ -435,9 +435,15 @@ class StructuredConv(keras.layers.Layer):
             trainable=True,
         )
 
-    def _combine_step(self):
+    def _combine_step(self, rows=None, bias=True):
+        """The 1x1 combination as a ConvStep; `rows`, a slice of its input channels (one
+        member's share, without the bias unless `bias`)."""
         ones = (1,) * self.rank
-        return ConvStep("combine", self.combine_kernel, self.combine_bias, ones, "valid", ones)
+        kernel = self.combine_kernel
+        if rows is not None:
+            kernel = ops.convert_to_tensor(kernel)[..., rows, :]
+        return ConvStep("combine", kernel, self.combine_bias if bias else None, ones,
+                        "valid", ones)
 
     # ---------------------------------------------------------------- keras API
     def build(self, input_shape):

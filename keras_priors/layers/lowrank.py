@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import keras
-from keras import ops
 
 from .base import (
     COMPOSITE_HE,
@@ -317,13 +316,10 @@ class LowRankConv(StructuredConv):
         if self.sequential or not self.combine:
             return None
         steps, _ = self._spatial_steps(self._spatial_shape(x.shape))
-        ones = (1,) * self.rank
         terms, start = [], 0
         for i, (step, (_, n)) in enumerate(zip(steps, self.members)):
             def term(x, step=step, rows=slice(start, start + n), first=i == 0):
-                kernel = ops.convert_to_tensor(self.combine_kernel)[..., rows, :]
-                bias = self.combine_bias if first else None
-                combine = ConvStep("combine", kernel, bias, ones, "valid", ones)
+                combine = self._combine_step(rows, bias=first)
                 return combine(step(x, self.data_format), self.data_format)
             terms.append(term)
             start += n

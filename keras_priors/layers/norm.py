@@ -25,11 +25,13 @@ from keras import ops
 from .base import PACKAGE, recompute_source
 
 
-def _stats(x, axes, epsilon):
-    """Per-(sample, channel) mean and 1 / std of `x` (float32) over `axes`."""
+def _normalize(x, gamma, beta, axes, epsilon):
+    """`(y, mean, rstd, scale)`: `x` (float32) normalised per (sample, channel) over `axes`,
+    as one scale and shift, `y = x * scale + (beta - mean * scale)`, scale = gamma / std."""
     mean = ops.mean(x, axis=axes, keepdims=True)
-    var = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-    return mean, ops.rsqrt(var + epsilon)
+    rstd = ops.rsqrt(ops.mean(ops.square(x - mean), axis=axes, keepdims=True) + epsilon)
+    scale = rstd * gamma
+    return x * scale + (beta - mean * scale), mean, rstd, scale
 
 
 def _instance_norm_tf(x, gamma, beta, axes, epsilon, source=None):
@@ -42,9 +44,7 @@ def _instance_norm_tf(x, gamma, beta, axes, epsilon, source=None):
 
     @tf.custom_gradient
     def run(x, gamma, beta):
-        mean, rstd = _stats(x, axes, epsilon)
-        scale = rstd * gamma
-        y = x * scale + (beta - mean * scale)
+        y, mean, rstd, scale = _normalize(x, gamma, beta, axes, epsilon)
 
         def grad(dy):
             x_ = x
@@ -102,7 +102,5 @@ class GroupNormalization(keras.layers.GroupNormalization):
         if training and keras.backend.backend() == "tensorflow":
             y = _instance_norm_tf(x, gamma, beta, axes, self.epsilon, recompute_source(inputs))
         else:  # inference, and training on other backends (their compilers fuse this)
-            mean, rstd = _stats(x, axes, self.epsilon)
-            scale = rstd * gamma
-            y = x * scale + (beta - mean * scale)
+            y = _normalize(x, gamma, beta, axes, self.epsilon)[0]
         return ops.cast(y, self.compute_dtype)

@@ -2,10 +2,9 @@
 hand-written TensorFlow gradient for one group per channel, and the unit recomputation
 behind a recomputing LowRankConv."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from keras_priors.layers import GroupNormalization, LowRankConv3D
