@@ -13,7 +13,7 @@
     keras-priors seg evaluate --pred DIR --data DIR
     keras-priors export MODEL_OR_PATH out.tflite [--quant int8] [--target cpu|edgetpu] [--calib DATA]
     keras-priors profile MODEL.keras
-    keras-priors bench [models|layers|floor|seg|unet] [--size full|quick|smoke] [--only BASELINE ...]
+    keras-priors bench [models|layers|floor|seg|unet|train] [--size full|quick|smoke] [--only BASELINE ...]
                        [--json F] [--compare F]
 """
 
@@ -195,7 +195,7 @@ _BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
     "--no-tflite": ("no_tflite", ("models", "floor")), "--compare": ("compare", ("models",)),
     "--no-memory": ("no_memory", ("models",)),
     "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg", "unet")),
-    "--widths": ("widths", ("unet",)),
+    "--widths": ("widths", ("unet",)), "--models": ("models", ("train",)),
 }
 
 
@@ -223,6 +223,12 @@ def _bench(args):
         argv += ["--patch", *map(str, args.patch)] if args.patch else []
         argv += ["--widths", *map(str, args.widths)] if args.widths else []
         return unet.main(argv + (["--json", args.json] if args.json else []))
+    if args.what == "train":
+        from .bench import train
+
+        argv = ["--quick"] if args.quick else []
+        argv += ["--models", *args.models] if args.models else []
+        return train.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "layers":
         from .bench import layers
 
@@ -290,7 +296,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="output folder (never overwritten)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="bfloat16 compute on CPU (float16 on GPU), float32 weights")
+    p.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
@@ -303,6 +311,9 @@ def build_parser():
                    help="use the first N training examples (default: all)")
     p.add_argument("--limit-test", type=argtypes.positive_int, default=None,
                    help="use the first N test examples (default: all)")
+    p.add_argument("--validation", type=argtypes.positive_int, default=0, metavar="N",
+                   help="hold out the last N training examples and validate on them each "
+                        "epoch; the test set is then scored once, at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     argtypes.add_strategy_args(p)
     p.set_defaults(func=_train)
@@ -332,7 +343,7 @@ def build_parser():
     export_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks that print tables (default: models)")
-    p.add_argument("what", nargs="?", choices=["models", "layers", "floor", "seg", "unet"],
+    p.add_argument("what", nargs="?", choices=["models", "layers", "floor", "seg", "unet", "train"],
                    default="models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--size", choices=["full", "quick", "smoke"], default="full",
@@ -349,6 +360,8 @@ def build_parser():
                    help="seg: cubic patch sizes (default 64 128); unet: (default 96 128)")
     p.add_argument("--widths", type=int, nargs="+", metavar="W",
                    help="unet: filters per level (default 16 32 64 128)")
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="train: NiN / CIFAR ResNet models (default nin nin_root8 resnet20)")
     p.set_defaults(func=_bench)
     return parser
 

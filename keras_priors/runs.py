@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import keras
@@ -142,8 +142,10 @@ def check_run_folder(out: Path, cfg, resume: bool):
                 raise ValueError(f"--resume: {out} has no completed epoch to resume from")
             return None  # nothing to resume: a fresh start
         saved, now = io.read_json(out / "config.json"), _config_dict(cfg)
-        mismatched = {k: (saved.get(k), v) for k, v in now.items()
-                      if k != "epochs" and saved.get(k) != v}
+        # a field added since the run was saved counts as its default
+        defaults = {f.name: f.default for f in fields(cfg)}
+        mismatched = {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items()
+                      if k != "epochs" and saved.get(k, defaults.get(k)) != v}
         if mismatched:
             raise ValueError(
                 f"--resume: {out} holds a run with a different configuration "

@@ -43,10 +43,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     mixed_precision: bool = False
+    jit_compile: bool = False  # XLA-compile the training step
     augment: bool = True
     width: float | None = None  # width multiplier for families that take one (nin, resnet_cifar)
     limit_train: int | None = None
     limit_test: int | None = None
+    validation: int = 0  # hold out the last N training examples; 0: validate on the test set
     data_dir: str | None = None
 
     def __post_init__(self):
@@ -58,6 +60,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, received {name}={value!r}")
+        if isinstance(self.validation, bool) or not isinstance(self.validation, int) \
+                or self.validation < 0:
+            raise ValueError("validation must be a number of training examples to hold out "
+                             f"(0 for none), received validation={self.validation!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), received {self.label_smoothing!r}")
 
@@ -111,6 +117,7 @@ def compile_model(model, cfg, steps):
         optimizer=make_optimizer(cfg, steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=cfg.jit_compile,
     )
 
 
@@ -133,6 +140,8 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
         try:
             data = data or data_lib.load(cfg.data, cfg.data_dir, cfg.limit_train,
                                          cfg.limit_test)
+            if cfg.validation:
+                data = data_lib.hold_out(data, cfg.validation)
             steps = data_lib.steps_per_epoch(data, cfg.batch_size)
             with run.scope():
                 model = build_model(cfg, data)
@@ -142,16 +151,30 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
                 batches = data_lib.train_batches(data, cfg.batch_size, cfg.seed, state["epoch"],
                                                  cfg.epochs, cfg.augment)
                 run.train(model, batches, steps=steps, epochs=cfg.epochs,
-                          validation_data=data_lib.eval_batches(data), verbose=verbose,
+                          validation_data=data_lib.eval_batches(
+                              data, split="validation" if cfg.validation else "test"),
+                          verbose=verbose,
                           metrics={"accuracy": _distributed_accuracy()}, tensorboard=True)
             extra = {"epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
                      "seed": cfg.seed, "data": cfg.data, "config": asdict(cfg)}
+            if cfg.validation:
+                extra.update(_validation_summary(state["history"]))
             if run.distributed:
                 extra["replicas"] = run.strategy.num_replicas_in_sync
             return run.finish(model, report(model, data, cfg.model, extra=extra,
                                             local=run.distributed))
         finally:
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _validation_summary(history):
+    """The held-out split's accuracy at the end and at its best epoch (1-based)."""
+    accs = [h.get("val_accuracy") for h in history]
+    if not accs or accs[-1] is None:
+        return {}
+    best = max(range(len(accs)), key=lambda i: accs[i] if accs[i] is not None else -1)
+    return {"validation_accuracy": accs[-1], "best_validation_accuracy": accs[best],
+            "best_validation_epoch": best + 1}
 
 
 def _distributed_accuracy():

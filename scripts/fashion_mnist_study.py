@@ -1,13 +1,21 @@
 """The papers' accuracy-vs-cost study on Fashion-MNIST (the only real labelled image set
-installable offline), and the weights it ships.
+installable offline), the width x schedule study that settles why narrow root models lag,
+and the weights they ship.
 
     python scripts/fashion_mnist_study.py all     # the three steps below, in order
     python scripts/fashion_mnist_study.py train   # every model x seed into runs/study (resumable)
     python scripts/fashion_mnist_study.py report  # table, plots, covariance -> docs/study/
     python scripts/fashion_mnist_study.py ship    # seed-0 weights + cards -> the package
 
-`train` skips finished runs and resumes interrupted ones, so the study can be run in parts.
-The recipe (width, epochs, data slice) is in RECIPE and recorded in every run's config.
+    # the width x schedule grid (runs/grid; every cell resumable, several cells at once)
+    python scripts/fashion_mnist_study.py grid --models nin nin_root8 --widths 1/3 \
+        --schedules short converged --seeds 0 1 --jobs 2
+    python scripts/fashion_mnist_study.py grid-report   # -> docs/study/grid.md, grid.json
+
+`train` and `grid` skip finished runs and resume interrupted ones, so the studies can be run
+in parts. The recipes are RECIPE and GRID_RECIPE, recorded in every run's config. `ship`
+takes a model's converged grid run (seed 0, its shipped width) when there is one, else the
+first study's seed-0 run.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import time
+from fractions import Fraction
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -58,6 +69,125 @@ COVARIANCE = {
 
 def run_dir(model, seed):
     return RUNS / f"{model}_seed{seed}"
+
+
+# ------------------------------------------------------------ width x schedule grid
+GRID_RUNS = ROOT / "runs" / "grid"
+# All 60,000 training images minus 5,000 held out for validation; the test set is scored
+# once, at the end of each run. bfloat16 mixed precision (docs/training.md: fastest on
+# AVX-512 CPUs at the accuracy of float32).
+GRID_RECIPE = dict(data="fashion_mnist", batch_size=128, optimizer="sgd", learning_rate=0.05,
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, validation=5000,
+                   mixed_precision=True)
+SCHEDULES = {"short": 3, "converged": 30}  # epochs
+SHIPPED_WIDTH = {"nin": Fraction(1, 3), "resnet20": Fraction(1, 2)}
+
+
+def cell_dir(model, width, schedule, seed):
+    w = Fraction(width).limit_denominator(12)
+    return GRID_RUNS / f"{model}_w{w.numerator}-{w.denominator}_{schedule}_seed{seed}"
+
+
+def _cell_command(model, width, schedule, seed):
+    r = GRID_RECIPE
+    argv = [sys.executable, "-m", "keras_priors.cli", "train", model, "--data", r["data"],
+            "--width", repr(float(width)), "--epochs", str(SCHEDULES[schedule]),
+            "--batch-size", str(r["batch_size"]), "--optimizer", r["optimizer"],
+            "--learning-rate", str(r["learning_rate"]), "--weight-decay", str(r["weight_decay"]),
+            "--schedule", r["schedule"], "--warmup-epochs", str(r["warmup_epochs"]),
+            "--validation", str(r["validation"]), "--seed", str(seed), "--quiet",
+            "--out", str(cell_dir(model, width, schedule, seed))]
+    return argv + (["--mixed-precision"] if r["mixed_precision"] else [])
+
+
+def grid(models, widths, schedules, seeds, jobs=1):
+    """Train every (model, width, schedule, seed) cell, `jobs` at a time, each job with
+    2 / jobs intra-op threads (two one-thread jobs beat one two-thread job on 2 cores).
+    Finished cells are skipped, interrupted ones resumed."""
+    cells = [(m, w, sc, s) for s in seeds for sc in schedules for w in widths for m in models]
+    todo = []
+    for cell in cells:
+        out = cell_dir(*cell)
+        if (out / "result.json").exists():
+            print(f"{out.name}: done", flush=True)
+        else:
+            todo.append(cell)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    running = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            cell = todo.pop(0)
+            out = cell_dir(*cell)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            argv = _cell_command(*cell) + (["--resume"] if out.exists() else [])
+            log = open(out.parent / f"{out.name}.log", "a")
+            running.append((cell, subprocess.Popen(argv, env=env, stdout=log, stderr=log), log))
+            print(f"{out.name}: started", flush=True)
+        time.sleep(5)
+        for item in list(running):
+            cell, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            out = cell_dir(*cell)
+            if proc.returncode:
+                print(f"{out.name}: failed (exit {proc.returncode}; see {out.name}.log)",
+                      flush=True)
+            else:
+                r = json.loads((out / "result.json").read_text())
+                print(f"{out.name}: test {r['accuracy']:.4f}, validation "
+                      f"{r['validation_accuracy']:.4f}, {r['train_seconds']:.0f} s", flush=True)
+
+
+def _grid_results():
+    cells = {}
+    for result in sorted(GRID_RUNS.glob("*/result.json")):
+        r = json.loads(result.read_text())
+        cfg = r["config"]
+        schedule = next(k for k, e in SCHEDULES.items() if e == cfg["epochs"])
+        key = (r["model"], Fraction(cfg["width"]).limit_denominator(12), schedule)
+        cells.setdefault(key, []).append(r)
+    return cells
+
+
+def _mean_std(values):
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def grid_report():
+    """The width x schedule table (mean ± std over seeds, gap to nin in the same cell), as
+    docs/study/grid.md and grid.json."""
+    cells = _grid_results()
+    lines = ["| width | schedule | model | seeds | test accuracy % | validation % | "
+             "vs nin (points) | train s / run |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    order = {m: i for i, m in enumerate(MODELS)}
+    for (model, w, schedule) in sorted(cells, key=lambda k: (k[1], list(SCHEDULES).index(k[2]),
+                                                             order.get(k[0], 99))):
+        runs_ = cells[(model, w, schedule)]
+        acc, std = _mean_std([100 * r["accuracy"] for r in runs_])
+        val, _ = _mean_std([100 * r["validation_accuracy"] for r in runs_])
+        base = cells.get((FAMILIES[family(model)][0], w, schedule))
+        gap = acc - _mean_std([100 * r["accuracy"] for r in base])[0] if base else None
+        sec = statistics.mean(r["train_seconds"] for r in runs_)
+        rows.append({"model": model, "width": str(w), "schedule": schedule,
+                     "epochs": SCHEDULES[schedule], "seeds": [r["seed"] for r in runs_],
+                     "accuracies": [r["accuracy"] for r in runs_], "mean": acc, "std": std,
+                     "validation_mean": val, "gap_to_baseline": gap, "train_seconds": sec,
+                     "macs": runs_[0]["macs"], "params": runs_[0]["params"]})
+        lines.append(f"| {w} | {schedule} ({SCHEDULES[schedule]} ep) | {model} | {len(runs_)} | "
+                     f"{acc:.2f} ± {std:.2f} | {val:.2f} | "
+                     f"{'-' if gap is None else f'{gap:+.2f}'} | {sec:.0f} |")
+    table = "\n".join(lines)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "grid.md").write_text(table + "\n")
+    (DOCS / "grid.json").write_text(json.dumps({"recipe": GRID_RECIPE, "schedules": SCHEDULES,
+                                                "rows": rows}, indent=1))
+    print(table)
+    return rows
 
 
 def train(models, seeds):
@@ -214,10 +344,20 @@ def _card(model, entry):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["all", "train", "report", "ship"])
+    parser.add_argument("step", choices=["all", "train", "report", "ship", "grid",
+                                         "grid-report"])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--widths", nargs="*", type=Fraction, default=[Fraction(1, 3)],
+                        help="grid: width multipliers, e.g. 1/3 2/3 1")
+    parser.add_argument("--schedules", nargs="*", choices=list(SCHEDULES),
+                        default=list(SCHEDULES))
+    parser.add_argument("--jobs", type=int, default=1, help="grid: cells trained at once")
     args = parser.parse_args(argv)
+    if args.step == "grid":
+        grid(args.models, args.widths, args.schedules, args.seeds, args.jobs)
+    if args.step == "grid-report":
+        grid_report()
     if args.step in ("all", "train"):
         train(args.models, args.seeds)
     if args.step in ("all", "report"):

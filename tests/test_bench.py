@@ -116,3 +116,13 @@ def test_bench_unet_smoke(capsys, tmp_path):
         assert r["memory_mb"] >= 0 and r["step_s"] > 0 and r["infer_s"] > 0 and r["patch"] == 16
     assert "| 16^3 | unet3d | - | ours |" in out and "| 1.00 |" in out
     assert results["machine"]["TF_ENABLE_ONEDNN_OPTS"] in ("0", "1")
+
+
+def test_bench_train_smoke(capsys, tmp_path):
+    out = tmp_path / "train.json"
+    assert cli.main(["bench", "train", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fp32", "bf16", "pipeline"]
+    assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert "| nin_root8 | 0.33 | bf16 |" in capsys.readouterr().out
+    assert cli.main(["bench", "unet", "--models", "nin"]) == 2  # --models is bench train's

@@ -163,3 +163,31 @@ def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     finally:
         os.umask(umask)
+
+
+def test_validation_split_keeps_the_test_set_for_the_end(tmp_path, monkeypatch):
+    seen = []
+    real = training.data_lib.eval_batches
+    monkeypatch.setattr(training.data_lib, "eval_batches",
+                        lambda d, *a, split="test", **k: seen.append(split) or real(d, *a, split=split, **k))
+    result = training.fit(training.TrainConfig(epochs=2, validation=128, **TINY), tmp_path,
+                          verbose=0)
+    assert seen == ["validation", "test"]  # per-epoch validation, then the test set once
+    history = json.loads((tmp_path / "state.json").read_text())["history"]
+    assert len(history) == 2 and all(0 <= h["val_accuracy"] <= 1 for h in history)
+    assert result["validation_accuracy"] == history[-1]["val_accuracy"]
+    assert result["best_validation_epoch"] in (1, 2)
+    assert result["best_validation_accuracy"] == max(h["val_accuracy"] for h in history)
+    assert result["test_examples"] == 256 and result["config"]["validation"] == 128
+    with pytest.raises(ValueError, match="validation must be a number of training examples"):
+        training.TrainConfig("nin", validation=-1)
+
+
+def test_resume_treats_a_field_added_later_as_its_default(tmp_path):
+    training.fit(training.TrainConfig(epochs=1, **TINY), tmp_path, verbose=0)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["validation"], cfg["jit_compile"]  # a run saved before these fields existed
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    result = training.fit(training.TrainConfig(epochs=2, **TINY), tmp_path, resume=True,
+                          verbose=0)
+    assert result["epochs"] == 2

@@ -70,7 +70,9 @@ def steps_per_epoch(data: ImageData, batch_size: int) -> int:
 
 
 def eval_batches(data: ImageData, batch_size: int = 256, split="test"):
-    """Normalised, batched, unshuffled batches of a split."""
-    ds = (data.test if split == "test" else data.train)()
+    """Normalised, batched, unshuffled batches of a split ("test", "train", "validation")."""
+    if split == "validation" and data.validation is None:
+        raise ValueError(f"{data.name} has no validation split (make one with data.hold_out)")
+    ds = {"test": data.test, "train": data.train, "validation": data.validation}[split]()
     ds = ds.map(_normalise(data), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +38,36 @@ class ImageData:
     flips: bool = True  # horizontal flips are label-preserving for this data
     crop_padding: int = 4
     arrays: dict = field(default_factory=dict, repr=False)
+    validation: Callable | None = None  # held-out training examples (see `hold_out`)
+    validation_size: int = 0
 
     @property
     def num_classes(self):
         return len(self.class_names)
+
+
+def hold_out(data: ImageData, n: int) -> ImageData:
+    """`data` with its last `n` training examples moved to a validation split, for choosing
+    a schedule without touching the test set. Training keeps the first `train_size - n`.
+
+    >>> data = hold_out(fashion_mnist(limit_train=100, limit_test=10), 20)
+    >>> data.train_size, data.validation_size
+    (80, 20)
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"validation must be a positive number of training examples to hold "
+                         f"out, received {n!r}")
+    if n >= data.train_size:
+        raise ValueError(f"validation={n} would hold out all {data.train_size} training "
+                         f"examples of {data.name}; hold out fewer")
+    keep = data.train_size - n
+    train = data.train
+    arrays = dict(data.arrays)
+    if "train" in arrays:
+        x, y = arrays["train"]
+        arrays["train"], arrays["validation"] = (x[:keep], y[:keep]), (x[keep:], y[keep:])
+    return replace(data, train=lambda: train().take(keep), train_size=keep,
+                   validation=lambda: train().skip(keep), validation_size=n, arrays=arrays)
 
 
 def _from_arrays(name, x_train, y_train, x_test, y_test, class_names, **kwargs):

@@ -186,3 +186,23 @@ def test_a_prepared_tfds_dataset_by_name_and_data_dir(tmp_path, fm):
     assert ds.class_names == fm.class_names
     x, y = _as_arrays(data.epoch_batches(ds, 20, seed=0, epoch=0, augment=False))
     assert x.shape == (40, 28, 28, 1) and sorted(y.argmax(-1)) == sorted(ytr[:40])
+
+
+def test_hold_out_moves_the_last_training_examples_to_validation(fm):
+    held = data.hold_out(fm, 100)
+    assert (held.train_size, held.validation_size, held.test_size) == (500, 100, 200)
+    x_train = np.stack([x for x, _ in held.train().as_numpy_iterator()])
+    x_val = np.stack([x for x, _ in held.validation().as_numpy_iterator()])
+    np.testing.assert_array_equal(x_train, fm.arrays["train"][0][:500])
+    np.testing.assert_array_equal(x_val, fm.arrays["train"][0][500:])
+    assert held.arrays["validation"][1].shape == (100,)
+    batches = list(data.eval_batches(held, 64, split="validation").as_numpy_iterator())
+    assert sum(len(y) for _, y in batches) == 100
+    assert data.steps_per_epoch(held, 100) == 5  # training sees only the 500 kept
+    for bad in (0, -3, True, 1.5):
+        with pytest.raises(ValueError, match="validation must be a positive number"):
+            data.hold_out(fm, bad)
+    with pytest.raises(ValueError, match="would hold out all 600 training examples"):
+        data.hold_out(fm, 600)
+    with pytest.raises(ValueError, match="has no validation split"):
+        data.eval_batches(fm, split="validation")
