@@ -1,6 +1,6 @@
 """`keras-priors seg`: segmentation on the command line.
 
-    keras-priors seg synth OUT_DIR [--cases N] [--seed S] [--downsample 2] [--start I]
+    keras-priors seg synth OUT_DIR [--cases N] [--seed S] [--downsample 2] [--start I] [--generator 1|2] [--ranges train|ood]
     keras-priors seg prepare DATA [--out PREPARED] [--workers N]
     keras-priors seg train --data DIR --layout brats|msd|manifest --model unet3d_lowrank --out DIR
     keras-priors seg predict --model RUN_DIR|NAME [--weights TAG] --input CASE_OR_DIR --out DIR
@@ -23,8 +23,10 @@ def run(args):
     if args.seg_command == "synth":
         folders = synthetic.write_cases(args.out, n=args.cases, seed=args.seed,
                                         downsample=args.downsample, start=args.start,
-                                        allow_other_files=args.allow_other_files)
-        print(f"wrote {len(folders)} synthetic BraTS 2021 cases under {args.out}")
+                                        allow_other_files=args.allow_other_files,
+                                        version=args.generator, ranges=args.ranges)
+        print(f"wrote {len(folders)} synthetic BraTS 2021 cases (generator {args.generator}"
+              f"{f', ranges {args.ranges}' if args.generator == 2 else ''}) under {args.out}")
         return 0
     if args.seg_command == "prepare":
         from .prepare import prepare_dataset
@@ -90,6 +92,10 @@ def add_parser(sub):
                    help="number of the first case (add cases to a folder of synthetic ones)")
     p.add_argument("--allow-other-files", action="store_true",
                    help="write into a folder that holds other files too")
+    p.add_argument("--generator", type=int, choices=[1, 2], default=1,
+                   help="1: fixed contrasts, 10-20 mm lesions; 2: domain-randomised")
+    p.add_argument("--ranges", choices=["train", "ood"], default="train",
+                   help="generator 2: training ranges or the held-out (out-of-distribution) ones")
     p.set_defaults(func=run)
     p = seg.add_parser("prepare", help="preprocess a dataset once into memory-mappable arrays")
     p.add_argument("data", help="a dataset folder (BraTS, MSD or manifest layout)")
