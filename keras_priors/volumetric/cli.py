@@ -107,7 +107,9 @@ def add_parser(sub):
     p.add_argument("--workers", type=int, default=None, help="parallel processes")
     p.set_defaults(func=run)
     p = seg.add_parser("train", help="train a 3D U-Net on a NIfTI dataset")
-    p.add_argument("--data", required=True, help="a prepared folder (seg prepare) or a dataset")
+    p.add_argument("--data", required=True,
+                   help="a prepared folder (seg prepare), a dataset, or 'synthetic' (cases "
+                        "generated on the fly, nothing written)")
     p.add_argument("--layout", default="auto", choices=["auto", "brats", "brats2021",
                                                          "brats2023", "brats2024", "msd",
                                                          "manifest"])
@@ -133,6 +135,16 @@ def add_parser(sub):
                    help="held-out cases scored during training (default 3; all at the end)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes preparing a raw dataset and parallel patch loaders")
+    g = p.add_argument_group("--data synthetic: cases generated on the fly (generator 2)")
+    g.add_argument("--synth-cases", type=argtypes.positive_int, default=None,
+                   help="fresh cases per epoch (default 16)")
+    g.add_argument("--synth-val-cases", type=argtypes.positive_int, default=None,
+                   help="fixed held-out cases (default 4)")
+    g.add_argument("--synth-downsample", type=argtypes.positive_int, default=None,
+                   help="2 = 2 mm voxels (default)")
+    g.add_argument("--synth-brains", nargs="+", choices=["colin27", "mni152"], default=None)
+    g.add_argument("--synth-val-brains", nargs="+", choices=["colin27", "mni152"],
+                   default=None, help="brains of the held-out cases (default: --synth-brains)")
     p.add_argument("--quiet", action="store_true")
     argtypes.add_strategy_args(p)
     p.set_defaults(func=run)

@@ -27,6 +27,12 @@ class SegConfig:
     overlap: float = 0.5
     val_every: int = 1  # epochs between validations during training (0: only at the end)
     val_cases: int = 3  # held-out cases scored during training (all are scored at the end)
+    # data="synthetic": cases generated on the fly by generator v2 (synthetic.SyntheticSource)
+    synth_cases: int = 16  # fresh cases per epoch
+    synth_val_cases: int = 4  # fixed held-out cases
+    synth_downsample: int = 2  # 2: 2 mm voxels
+    synth_brains: tuple = ("colin27", "mni152")
+    synth_val_brains: tuple | None = None  # default: synth_brains; one brain can be held out
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)
@@ -41,6 +47,9 @@ class SegConfig:
                                  f"integer, received {name}={value!r}")
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
+        self.synth_brains = tuple(self.synth_brains)
+        if self.synth_val_brains is not None:
+            self.synth_val_brains = tuple(self.synth_val_brains)
 
 
 def build(cfg: SegConfig, channels, outputs, activation):

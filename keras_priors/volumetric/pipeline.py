@@ -149,6 +149,8 @@ def load_patch(source, case_id, size, seed, epoch, position, foreground=0.5, rot
     sample of a random region, else placed uniformly; then augmented (`augment`).
     Only the patch is read from the source's (memory-mapped) arrays."""
     rng = np.random.default_rng([seed, epoch, position])
+    if hasattr(source, "for_epoch"):  # cases generated per epoch (synthetic.SyntheticSource)
+        source = source.for_epoch(epoch)
     images, y = source.images(case_id), source.targets(case_id)
     shape, size = np.array(images.shape[:3]), np.array(size)
     room = np.maximum(shape - size, 0)

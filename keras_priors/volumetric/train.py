@@ -56,6 +56,20 @@ def open_dataset(data, layout="auto", workers=None, progress=True):
     return prepare_dataset(path, None, layout=layout, workers=workers, progress=progress)
 
 
+SYNTHETIC = "synthetic"  # --data value: cases generated on the fly
+
+
+def synthetic_sources(cfg: SegConfig):
+    """(training source, held-out source) of a run on generated cases: fresh v2 cases every
+    epoch, and `synth_val_cases` fixed ones (on `synth_val_brains`, e.g. a held-out brain)."""
+    from .synthetic import SyntheticSource
+
+    train = SyntheticSource(cfg.synth_cases, cfg.seed, cfg.synth_downsample, cfg.synth_brains)
+    val = SyntheticSource(cfg.synth_val_cases, cfg.seed, cfg.synth_downsample,
+                          cfg.synth_val_brains or cfg.synth_brains, epoch=None)
+    return train, val
+
+
 def _compile(model, cfg, steps):
     total = max(cfg.epochs * steps, 1)
     lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=0.01)
@@ -138,9 +152,14 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy
     `workers`: processes preparing a raw dataset, and parallel patch loaders.
     """
     with runs.Run(out, cfg, resume, strategy) as run:
-        dataset = open_dataset(cfg.data, cfg.layout, workers, progress=verbose != 0)
-        _check_targets(dataset)
-        train_ids, val_ids = split_cases(list(dataset.case_ids), cfg.val_fraction, cfg.seed)
+        if cfg.data == SYNTHETIC:
+            dataset, held_out = synthetic_sources(cfg)
+            train_ids, val_ids = dataset.case_ids, held_out.case_ids
+        else:
+            dataset = held_out = open_dataset(cfg.data, cfg.layout, workers,
+                                              progress=verbose != 0)
+            _check_targets(dataset)
+            train_ids, val_ids = split_cases(list(dataset.case_ids), cfg.val_fraction, cfg.seed)
         if not train_ids:
             raise ValueError(f"--data {cfg.data}: no case left for training "
                              f"({len(dataset.case_ids)} cases, val_fraction={cfg.val_fraction})")
@@ -153,9 +172,13 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy
                  "regions": dict(dataset.regions) if dataset.regions else None,
                  "layout": dataset.layout, "channels": int(dataset.channels),
                  "outputs": int(dataset.outputs), "modalities": list(dataset.modalities),
-                 "spacing": list(dataset.spacing(train_ids[0])), "prepared": str(dataset.root)}
+                 "spacing": list(dataset.spacing(train_ids[0])),
+                 "prepared": (dataset.describe() if cfg.data == SYNTHETIC
+                              else str(dataset.root))}
+        if cfg.data == SYNTHETIC:
+            split["held_out"] = held_out.describe()
         state = run.start(model, files={"split.json": split})
-        validation = Validation(dataset, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
+        validation = Validation(held_out, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
                                 run.path, state, names, verbose=verbose != 0)
         if state["epoch"] < cfg.epochs:
             batches = patch_dataset(dataset, train_ids, cfg.patch, cfg.batch_size, cfg.seed,
@@ -164,7 +187,7 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy
                                     workers=workers)
             run.train(model, batches, steps=steps, epochs=cfg.epochs, verbose=verbose,
                       callbacks=[validation])
-        per_case = score_prepared(model, dataset, val_ids, cfg.overlap, hd95=True)
+        per_case = score_prepared(model, held_out, val_ids, cfg.overlap, hd95=True)
         prof = complexity.profile(model, verbose=False)
         result = {"model": cfg.model, "epochs": state["epoch"],
                   "train_seconds": round(state["train_seconds"], 2),

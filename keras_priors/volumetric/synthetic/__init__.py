@@ -14,6 +14,7 @@ Two generators, versioned so old cases stay reproducible:
   multifocal, with or without necrosis / enhancement / oedema / mass effect; random
   contrasts per tissue and compartment; bias field, gamma, noise, low resolution, random
   affine and elastic deformation. `v2.TRAIN` and the held-out `v2.OOD` ranges.
+  `SyntheticSource` generates them on the fly for training (`seg train --data synthetic`).
 
 These are NOT real tumours; models trained on them are not clinical models.
 
@@ -32,10 +33,11 @@ from .anatomy import (
     tissue_probabilities,
 )
 from .cases import GENERATORS, LATEST, write_cases
+from .source import SyntheticSource
 from .v1 import LABELS, lesion_labels, make_case, render
 
 __all__ = [
     "ANATOMIES", "COLIN27_BRAIN", "COLIN27_T1", "GENERATORS", "LABELS", "LATEST", "MNI152",
-    "Anatomy", "lesion_labels", "load_anatomy", "make_case", "render", "tissue_probabilities",
+    "Anatomy", "SyntheticSource", "lesion_labels", "load_anatomy", "make_case", "render", "tissue_probabilities",
     "v1", "v2", "write_cases",
 ]

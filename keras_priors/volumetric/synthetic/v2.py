@@ -101,8 +101,10 @@ def check_ranges(ranges):
 def case_rng(seed, index, epoch=None):
     """The random stream of case `index` (of `epoch`, when generated during training): a
     case depends on these numbers only, never on what was generated before."""
-    key = [VERSION, int(seed), int(index)] + ([] if epoch is None else [int(epoch)])
-    return np.random.default_rng(key)
+    # a fixed-length key with a stream tag and a non-zero last word: numpy's SeedSequence
+    # ignores trailing zeros, so (seed, index) and (seed, index, epoch 0) would collide
+    stream, e = (0, 0) if epoch is None else (1, int(epoch))
+    return np.random.default_rng([VERSION, stream, int(seed), int(index), e, 1])
 
 
 def _loguniform(rng, lo, hi):
