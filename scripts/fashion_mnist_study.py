@@ -74,37 +74,43 @@ def run_dir(model, seed):
 # ------------------------------------------------------------ width x schedule grid
 GRID_RUNS = ROOT / "runs" / "grid"
 # All 60,000 training images minus 5,000 held out for validation; the test set is scored
-# once, at the end of each run. bfloat16 mixed precision (docs/training.md: fastest on
-# AVX-512 CPUs at the accuracy of float32).
+# once, at the end of each run. Precision per family: what trains fastest on an AVX-512 CPU
+# (docs/training.md, `keras-priors bench train`): bfloat16 for NiN, float32 for ResNet-20.
 GRID_RECIPE = dict(data="fashion_mnist", batch_size=128, optimizer="sgd", learning_rate=0.05,
-                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, validation=5000,
-                   mixed_precision=True)
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, validation=5000)
+PRECISION = {"nin": "bf16", "resnet20": "fp32"}
 SCHEDULES = {"short": 3, "converged": 30}  # epochs
 SHIPPED_WIDTH = {"nin": Fraction(1, 3), "resnet20": Fraction(1, 2)}
 
 
-def cell_dir(model, width, schedule, seed):
+def cell_dir(model, width, schedule, seed, precision=None):
+    """runs/grid/<model>_w<width>_<schedule>_seed<seed>[_<precision> if not the family's]."""
     w = Fraction(width).limit_denominator(12)
-    return GRID_RUNS / f"{model}_w{w.numerator}-{w.denominator}_{schedule}_seed{seed}"
+    precision = precision or PRECISION[family(model)]
+    suffix = "" if precision == PRECISION[family(model)] else f"_{precision}"
+    return GRID_RUNS / f"{model}_w{w.numerator}-{w.denominator}_{schedule}_seed{seed}{suffix}"
 
 
-def _cell_command(model, width, schedule, seed):
+def _cell_command(model, width, schedule, seed, precision=None):
     r = GRID_RECIPE
+    precision = precision or PRECISION[family(model)]
     argv = [sys.executable, "-m", "keras_priors.cli", "train", model, "--data", r["data"],
             "--width", repr(float(width)), "--epochs", str(SCHEDULES[schedule]),
             "--batch-size", str(r["batch_size"]), "--optimizer", r["optimizer"],
             "--learning-rate", str(r["learning_rate"]), "--weight-decay", str(r["weight_decay"]),
             "--schedule", r["schedule"], "--warmup-epochs", str(r["warmup_epochs"]),
             "--validation", str(r["validation"]), "--seed", str(seed), "--quiet",
-            "--out", str(cell_dir(model, width, schedule, seed))]
-    return argv + (["--mixed-precision"] if r["mixed_precision"] else [])
+            "--out", str(cell_dir(model, width, schedule, seed, precision))]
+    return argv + (["--mixed-precision"] if precision == "bf16" else [])
 
 
-def grid(models, widths, schedules, seeds, jobs=1):
+def grid(models, widths, schedules, seeds, jobs=1, precision=None):
     """Train every (model, width, schedule, seed) cell, `jobs` at a time, each job with
-    2 / jobs intra-op threads (two one-thread jobs beat one two-thread job on 2 cores).
-    Finished cells are skipped, interrupted ones resumed."""
-    cells = [(m, w, sc, s) for s in seeds for sc in schedules for w in widths for m in models]
+    cpus / jobs intra-op threads (on 2 cores two one-thread jobs train as many images per
+    second as one two-thread job, and the cells need no coordination). Finished cells are
+    skipped, interrupted ones resumed. `precision`: "bf16" / "fp32", else the family's."""
+    cells = [(m, w, sc, s, precision)
+             for s in seeds for sc in schedules for w in widths for m in models]
     todo = []
     for cell in cells:
         out = cell_dir(*cell)
@@ -143,12 +149,14 @@ def grid(models, widths, schedules, seeds, jobs=1):
 
 
 def _grid_results():
+    """{(model, width, schedule, precision): [result, ...]} of the finished grid runs."""
     cells = {}
     for result in sorted(GRID_RUNS.glob("*/result.json")):
         r = json.loads(result.read_text())
         cfg = r["config"]
         schedule = next(k for k, e in SCHEDULES.items() if e == cfg["epochs"])
-        key = (r["model"], Fraction(cfg["width"]).limit_denominator(12), schedule)
+        precision = "bf16" if cfg["mixed_precision"] else "fp32"
+        key = (r["model"], Fraction(cfg["width"]).limit_denominator(12), schedule, precision)
         cells.setdefault(key, []).append(r)
     return cells
 
@@ -157,35 +165,75 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _grid_plots(rows, cells):
+    """Error vs MACs per width (both schedules, the family's precision), and validation
+    accuracy per epoch of the converged runs (the plateau that chose the schedule)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_priors.analysis import plot_error_vs_cost
+
+    main = [r for r in rows if r["precision"] == PRECISION[family(r["model"])]]
+    for w in sorted({r["width"] for r in main}):
+        pts = [{"name": f"{r['model']} {r['epochs']}ep", "macs": r["macs"],
+                "params": r["params"], "error_mean": 100 - r["mean"], "error_std": r["std"]}
+               for r in main if r["width"] == w]
+        plot_error_vs_cost(pts, DOCS / f"grid_w{w.replace('/', '-')}_error_vs_macs.png", "macs",
+                           f"Fashion-MNIST, NiN family at width {w}: error vs MACs "
+                           "(mean ± std over seeds)")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for (model, w, schedule, precision), runs_ in sorted(cells.items()):
+        if schedule != "converged":
+            continue
+        for r in runs_:
+            out = cell_dir(model, w, schedule, r["seed"], precision)
+            history = json.loads((out / "state.json").read_text())["history"]
+            ax.plot(range(1, len(history) + 1), [100 * h["val_accuracy"] for h in history],
+                    label=f"{model} w{w} seed {r['seed']}", lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%), 5,000 held-out images")
+    ax.set_ylim(75, 95)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "grid_validation_curves.png")
+    plt.close(fig)
+
+
 def grid_report():
     """The width x schedule table (mean ± std over seeds, gap to nin in the same cell), as
     docs/study/grid.md and grid.json."""
     cells = _grid_results()
-    lines = ["| width | schedule | model | seeds | test accuracy % | validation % | "
-             "vs nin (points) | train s / run |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| width | schedule | precision | model | seeds | test accuracy % | validation % | "
+             "vs nin (points) | train s / run |", "|---|---|---|---|---|---|---|---|---|"]
     rows = []
     order = {m: i for i, m in enumerate(MODELS)}
-    for (model, w, schedule) in sorted(cells, key=lambda k: (k[1], list(SCHEDULES).index(k[2]),
-                                                             order.get(k[0], 99))):
-        runs_ = cells[(model, w, schedule)]
+    for key in sorted(cells, key=lambda k: (k[1], list(SCHEDULES).index(k[2]), k[3] != "bf16",
+                                            order.get(k[0], 99))):
+        model, w, schedule, precision = key
+        runs_ = cells[key]
         acc, std = _mean_std([100 * r["accuracy"] for r in runs_])
         val, _ = _mean_std([100 * r["validation_accuracy"] for r in runs_])
-        base = cells.get((FAMILIES[family(model)][0], w, schedule))
+        base = cells.get((FAMILIES[family(model)][0], w, schedule, precision))
         gap = acc - _mean_std([100 * r["accuracy"] for r in base])[0] if base else None
         sec = statistics.mean(r["train_seconds"] for r in runs_)
         rows.append({"model": model, "width": str(w), "schedule": schedule,
-                     "epochs": SCHEDULES[schedule], "seeds": [r["seed"] for r in runs_],
+                     "epochs": SCHEDULES[schedule], "precision": precision,
+                     "seeds": [r["seed"] for r in runs_],
                      "accuracies": [r["accuracy"] for r in runs_], "mean": acc, "std": std,
                      "validation_mean": val, "gap_to_baseline": gap, "train_seconds": sec,
                      "macs": runs_[0]["macs"], "params": runs_[0]["params"]})
-        lines.append(f"| {w} | {schedule} ({SCHEDULES[schedule]} ep) | {model} | {len(runs_)} | "
-                     f"{acc:.2f} ± {std:.2f} | {val:.2f} | "
+        lines.append(f"| {w} | {schedule} ({SCHEDULES[schedule]} ep) | {precision} | {model} | "
+                     f"{len(runs_)} | {acc:.2f} ± {std:.2f} | {val:.2f} | "
                      f"{'-' if gap is None else f'{gap:+.2f}'} | {sec:.0f} |")
     table = "\n".join(lines)
     DOCS.mkdir(parents=True, exist_ok=True)
+    _grid_plots(rows, cells)
     (DOCS / "grid.md").write_text(table + "\n")
-    (DOCS / "grid.json").write_text(json.dumps({"recipe": GRID_RECIPE, "schedules": SCHEDULES,
-                                                "rows": rows}, indent=1))
+    (DOCS / "grid.json").write_text(json.dumps({"recipe": GRID_RECIPE, "precision": PRECISION,
+                                                "schedules": SCHEDULES, "rows": rows}, indent=1))
     print(table)
     return rows
 
@@ -283,58 +331,101 @@ def covariance():
     return out
 
 
+def _shipped_run(model):
+    """(run folder, recipe, all seeds' test accuracies) of the run to ship for `model`: its
+    converged grid cell at the shipped width (seed 0), else the first study's seed-0 run,
+    else None (the entry already shipped stays)."""
+    width = SHIPPED_WIDTH[family(model)]
+    cell = cell_dir(model, width, "converged", 0)
+    if (cell / "result.json").exists():
+        seeds = sorted(GRID_RUNS.glob(cell.name.replace("_seed0", "_seed*") + "/result.json"))
+        accs = [json.loads(f.read_text())["accuracy"] for f in seeds]
+        cfg = json.loads((cell / "result.json").read_text())["config"]
+        keep = ("data", "epochs", "batch_size", "optimizer", "learning_rate", "weight_decay",
+                "schedule", "warmup_epochs", "width", "validation", "mixed_precision")
+        return cell, {k: cfg[k] for k in keep}, accs
+    if (run_dir(model, 0) / "result.json").exists():
+        rows = {r["name"]: r for r in _results()}
+        return run_dir(model, 0), recipe(model), rows[model]["accuracies"]
+    return None
+
+
 def ship():
-    """Copy each model's seed-0 weights into the package and write the manifest + cards."""
+    """Copy each model's chosen seed-0 weights into the package and update the manifest and
+    cards; models with no run here keep the entry already shipped."""
     SHIPPED.mkdir(parents=True, exist_ok=True)
-    rows = {r["name"]: r for r in _results()}
-    manifest = {}
+    path = SHIPPED / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
     for model in MODELS:
-        src = run_dir(model, 0) / "weights.weights.h5"
-        if not src.exists():
+        chosen = _shipped_run(model)
+        if chosen is None:
             continue
+        src, rec, accs = chosen
         dst = SHIPPED / f"{model}.weights.h5"
-        shutil.copyfile(src, dst)
-        result = json.loads((run_dir(model, 0) / "result.json").read_text())
+        shutil.copyfile(src / "weights.weights.h5", dst)
+        result = json.loads((src / "result.json").read_text())
         manifest[model] = {
             "file": f"zoo/weights/fashion_mnist/{model}.weights.h5",
             "sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
-            "accuracy": result["accuracy"], "seed": 0,
-            "accuracy_all_seeds": rows[model]["accuracies"],
+            "accuracy": result["accuracy"], "seed": 0, "accuracy_all_seeds": accs,
             "macs": result["macs"], "params": result["params"],
-            "recipe": recipe(model), "card": f"docs/cards/{model}_fashion_mnist.md",
+            "recipe": rec, "card": f"docs/cards/{model}_fashion_mnist.md",
         }
-        _card(model, manifest[model])
-    (SHIPPED / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"shipped {len(manifest)} models into {SHIPPED}")
+        if "validation_accuracy" in result:
+            manifest[model]["validation_accuracy"] = result["validation_accuracy"]
+        _card(model, manifest[model], src)
+        print(f"{model}: shipped {src.name} ({100 * result['accuracy']:.2f}%)")
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _card(model, entry):
+def _card(model, entry, src):
     cards = ROOT / "docs" / "cards"
     cards.mkdir(parents=True, exist_ok=True)
     r = entry["recipe"]
+    held = r.get("validation", 0)
+    if held:
+        data = (f"Trained on the first {60000 - held:,} of the 60,000 training images; the "
+                f"last {held:,} were held out to choose the schedule (validation accuracy "
+                f"{100 * entry['validation_accuracy']:.2f}% at the end). The 10,000 test images "
+                "were scored once, after training.")
+        history = json.loads((src / "state.json").read_text())["history"]
+        tail = [100 * h["val_accuracy"] for h in history[-5:]]
+        why = (f"{r['epochs']} epochs is the converged schedule of the width x schedule study "
+               "(docs/study.md): validation accuracy over the last five epochs was "
+               f"{', '.join(f'{a:.2f}' for a in tail)}%. These weights replace the earlier "
+               "3-epoch, 30,000-image ones (nin 83.06%, nin_root8 77.64%).")
+        repro = "keras-priors " + " ".join(_cell_command(model, r["width"], next(
+            k for k, e in SCHEDULES.items() if e == r["epochs"]), 0)[3:])
+        repro = repro.replace(str(cell_dir(model, r["width"], "converged", 0)), f"runs/{model}")
+        precision = "bfloat16 mixed precision (float32 weights and softmax), " if r.get(
+            "mixed_precision") else ""
+    else:
+        data = (f"Trained on the first {r['limit_train']:,} of the 60,000 training images; "
+                "accuracy measured on all 10,000 test images.")
+        why = ("the first study (10 models x 3 seeds) had to fit in about an hour of a 2-core "
+               "CPU; reduced width, 30k images and 3 epochs are what fits. These are "
+               "short-schedule models, well below what these networks reach with long "
+               "training.")
+        repro = (f"keras-priors train {model} --data fashion_mnist --width {r['width']:.6f} "
+                 f"--epochs {r['epochs']} --batch-size {r['batch_size']} --learning-rate "
+                 f"{r['learning_rate']} --warmup-epochs {r['warmup_epochs']} --limit-train "
+                 f"{r['limit_train']} --seed 0 --out runs/{model}")
+        precision = ""
     text = f"""# {model}, weight tag "fashion_mnist"
 
 - **Data**: Fashion-MNIST (real, 28x28 grey, 10 classes; Debian package
-  `dataset-fashion-mnist`). Trained on the first {r['limit_train']:,} of the 60,000 training
-  images; accuracy measured on all 10,000 test images.
+  `dataset-fashion-mnist`). {data}
 - **Architecture**: `{model}` with width x{r['width']:.3f}, 28x28x1 input, 10 classes:
   {entry['params']:,} parameters, {entry['macs'] / 1e6:.2f} MMACs per image.
 - **Recipe**: SGD (Nesterov momentum 0.9), learning rate {r['learning_rate']} with
   {r['warmup_epochs']} epoch linear warmup then cosine decay, weight decay
   {r['weight_decay']} (not on biases / BN), batch {r['batch_size']}, {r['epochs']} epochs,
-  random crops (2-pixel padding) and horizontal flips, seed {entry['seed']}.
+  {precision}random crops (2-pixel padding) and horizontal flips, seed {entry['seed']}.
 - **Preprocessing**: `(x / 255 - 0.2860) / 0.3530` (`zoo.preprocess_input(x, "{model}")`).
 - **Test accuracy**: {100 * entry['accuracy']:.2f}% (seed 0); all seeds:
   {', '.join(f'{100 * a:.2f}%' for a in entry['accuracy_all_seeds'])}.
-- **Why this recipe**: the whole study (10 models x 3 seeds) had to fit in about an hour of
-  a 2-core CPU; reduced width, 30k images and 3 epochs are what fits. These are
-  short-schedule models, well below what full-width networks reach with long training
-  (~93-94% on Fashion-MNIST).
-- **Reproduce**: `python scripts/fashion_mnist_study.py train && python
-  scripts/fashion_mnist_study.py ship`, or for this model alone
-  `keras-priors train {model} --data fashion_mnist --width {r['width']:.6f} --epochs {r['epochs']}
-  --batch-size {r['batch_size']} --learning-rate {r['learning_rate']} --warmup-epochs
-  {r['warmup_epochs']} --limit-train {r['limit_train']} --seed 0 --out runs/{model}`.
+- **Why this recipe**: {why}
+- **Reproduce**: `{repro}`
 - **Check**: `keras-priors evaluate {model} --weights fashion_mnist --data fashion_mnist`.
 - **sha256**: `{entry['sha256']}`
 """
@@ -353,9 +444,11 @@ def main(argv=None):
     parser.add_argument("--schedules", nargs="*", choices=list(SCHEDULES),
                         default=list(SCHEDULES))
     parser.add_argument("--jobs", type=int, default=1, help="grid: cells trained at once")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                        help="grid: override the family's precision (the precision check)")
     args = parser.parse_args(argv)
     if args.step == "grid":
-        grid(args.models, args.widths, args.schedules, args.seeds, args.jobs)
+        grid(args.models, args.widths, args.schedules, args.seeds, args.jobs, args.precision)
     if args.step == "grid-report":
         grid_report()
     if args.step in ("all", "train"):

@@ -21,6 +21,7 @@ def _patches(source, epoch):
 def test_epochs_draw_fresh_cases_deterministically():
     a, b = SyntheticSource(**SMALL), SyntheticSource(**SMALL)  # separate caches
     e0, again, e1 = _patches(a, 0), _patches(b, 0), _patches(a, 1)
+    assert not np.array_equal(e0[0][0], e1[0][0])
     assert len(e0) == 4 and e0[0][0].shape == (16, 16, 16, 4) and e0[0][1].shape == (16, 16, 16, 3)
     for (x, y), (x2, y2) in zip(e0, again):
         np.testing.assert_array_equal(x, x2)

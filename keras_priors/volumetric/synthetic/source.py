@@ -103,8 +103,8 @@ class SyntheticSource:
         return value
 
     def _generate(self, case_id):
-        from ..prepare import _bounding_box
         from ..pipeline import zscore
+        from ..prepare import _bounding_box
 
         k = self._index(case_id)
         rng = v2.case_rng(self.seed, k, self.epoch)  # held-out (epoch None): another stream
