@@ -190,3 +190,25 @@ def test_seg_synth_cli_writes_either_generator(tmp_path, capsys):
     assert cli.main(["seg", "synth", str(tmp_path / "v1"), "--ranges", "ood"]) == 2
     assert "ranges applies to generator version 2" in capsys.readouterr().err
     assert not (tmp_path / "v1").exists()
+
+
+def test_degradations_keep_the_case_and_change_the_scan(mni):
+    clean_v, clean_l = v2.make_case(mni, v2.case_rng(8, 0), "ood")
+    for name in v2.DEGRADATIONS:
+        v, labels = v2.make_case(mni, v2.case_rng(8, 0), "ood", degrade=name)
+        np.testing.assert_array_equal(labels, clean_l)  # same anatomy and lesions
+        assert not np.allclose(v["flair"], clean_v["flair"])
+    quiet = dict(noise=(0.0, 0.0), low_resolution=0.0, bias_std=(0.0, 0.0), gamma_std=0.0)
+    sharp = v2.make_case(mni, v2.case_rng(8, 0), "ood", degrade=quiet)[0]["t1"]
+    blurred = v2.make_case(mni, v2.case_rng(8, 0), "ood", degrade={
+        **quiet, **v2.DEGRADATIONS["4mm"], "isotropic_mm": (9.0, 9.0)})[0]["t1"]
+    from scipy.ndimage import binary_erosion
+
+    brain = binary_erosion(blurred > 0, iterations=3)  # away from the skull-stripped edge
+
+    def roughness(x):
+        return np.abs(np.diff(x, axis=0))[brain[1:] & brain[:-1]].mean() / x[brain].mean()
+
+    assert roughness(blurred) < 0.8 * roughness(sharp)
+    with pytest.raises(ValueError, match="degrade must be one of"):
+        v2.make_case(mni, v2.case_rng(8, 0), degrade="blurry")

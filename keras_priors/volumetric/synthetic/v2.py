@@ -70,6 +70,7 @@ class Ranges:
     gamma_std: float = 0.25  # log-gamma ~ N(0, gamma_std)
     noise: tuple = (0.0, 0.04)  # Gaussian noise std (of the 0..1 range)
     low_resolution: float = 0.5  # probability per modality of a lower-resolution scan
+    thick_axis: float = 0.5  # of those, the share with one thick axis (else isotropic)
     isotropic_mm: tuple = (1.0, 4.0)
     thick_axis_mm: tuple = (2.0, 8.0)
     rotation_deg: float = 15.0
@@ -86,6 +87,14 @@ OOD = replace(TRAIN, name="ood", irregularity=(0.35, 0.5), rim=(0.08, 0.2),
               oedema_ratio=(3.0, 6.0), foci=(3, 5), multifocal=0.4,
               contrast_jitter=(0.08, 0.14), random_contrast=0.0)
 RANGES = {"train": TRAIN, "ood": OOD}
+# Degradations of a case for the robustness table: the same anatomy, lesions and contrasts
+# (same random streams), scanned worse.
+DEGRADATIONS = {
+    "4mm": dict(low_resolution=1.0, thick_axis=0.0, isotropic_mm=(4.0, 4.0)),
+    "7mm_axis": dict(low_resolution=1.0, thick_axis=1.0, thick_axis_mm=(7.0, 7.0)),
+    "bias_0.7": dict(bias_std=(0.7, 0.7)),
+    "shuffled_contrast": dict(random_contrast=1.0),
+}
 
 
 def check_ranges(ranges):
@@ -278,8 +287,10 @@ def _soft(mask, sigma):
     return gaussian_filter(mask.astype(np.float32), sigma)
 
 
-def render(tissues, brain, comp, zooms, rng, r: Ranges):
-    """The four modalities {name: float32, 0..1000 inside the brain, 0 outside}."""
+def render(tissues, brain, comp, zooms, rng, r: Ranges, scan_rng=None):
+    """The four modalities {name: float32, 0..1000 inside the brain, 0 outside}: contrast
+    and texture from `rng`, acquisition from `scan_rng` (default: `rng`)."""
+    scan_rng = rng if scan_rng is None else scan_rng
     shape = brain.shape
     means = class_means(rng, r)
     edge = rng.uniform(0.5, 1.0)  # lesion boundary blur, voxels
@@ -301,7 +312,7 @@ def render(tissues, brain, comp, zooms, rng, r: Ranges):
             if s is not None:
                 lesion += s * (mu[3 + j] + tex[3 + j] * fields[1])
         img = (1 - lesion_weight) * healthy + lesion
-        out[m] = acquire(np.clip(img, 0, 1), brain, zooms, rng, r)
+        out[m] = acquire(np.clip(img, 0, 1), brain, zooms, scan_rng, r)
     return out
 
 
@@ -323,7 +334,7 @@ def degrade_resolution(img, zooms, spacing_mm):
 
 def low_resolution_spacing(rng, r: Ranges):
     """A random scan spacing (mm per axis): isotropic, or one thick axis."""
-    if rng.random() < 0.5:
+    if rng.random() >= r.thick_axis:
         return np.full(3, rng.uniform(*r.isotropic_mm))
     spacing = np.ones(3)
     spacing[rng.integers(3)] = rng.uniform(*r.thick_axis_mm)
@@ -349,14 +360,23 @@ def acquire(img, brain, zooms, rng, r: Ranges):
     return (1000 * img).astype(np.float32)
 
 
-def make_case(anatomy: Anatomy, rng, ranges="train"):
+def make_case(anatomy: Anatomy, rng, ranges="train", degrade=None):
     """(modalities {name: float32 volume}, BraTS labels uint8) of one randomised case on the
-    anatomy's grid."""
+    anatomy's grid. Geometry (anatomy, lesions), appearance (contrasts, texture) and
+    acquisition draw from three streams spawned from `rng`, so `degrade` (a key of
+    DEGRADATIONS, or a dict of Ranges fields) changes how the same case looks or is scanned
+    and nothing else."""
     r = check_ranges(ranges)
+    geometry, appearance, scan = rng.spawn(3)
     zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(0)).astype(np.float32)
-    tissues, brain = deform_anatomy(anatomy, rng, r)
-    foci = lesions(tissues, brain, zooms, rng, r)
-    tissues, brain = mass_effect(tissues, brain, foci, zooms, rng, r)
-    comp = paint(brain.shape, foci, tissues, brain, zooms, rng, r)
-    volumes = render(tissues, brain, comp, zooms, rng, r)
+    tissues, brain = deform_anatomy(anatomy, geometry, r)
+    foci = lesions(tissues, brain, zooms, geometry, r)
+    tissues, brain = mass_effect(tissues, brain, foci, zooms, geometry, r)
+    comp = paint(brain.shape, foci, tissues, brain, zooms, geometry, r)
+    if degrade is not None:
+        if isinstance(degrade, str) and degrade not in DEGRADATIONS:
+            raise ValueError(f"degrade must be one of {sorted(DEGRADATIONS)} or a dict of "
+                             f"Ranges fields, received {degrade!r}")
+        r = replace(r, **(DEGRADATIONS[degrade] if isinstance(degrade, str) else degrade))
+    volumes = render(tissues, brain, comp, zooms, appearance, r, scan)
     return volumes, BRATS_LABEL[comp]
