@@ -160,7 +160,7 @@ def test_written_version_2_cases(tmp_path):
     np.testing.assert_allclose(images, again[0], rtol=1e-6)
     with pytest.raises(ValueError, match="version must be one of"):
         synthetic.write_cases(tmp_path / "x", n=1, version=3)
-    with pytest.raises(ValueError, match="ranges applies to generator version 2"):
+    with pytest.raises(ValueError, match="ranges and degrade apply to generator version 2"):
         synthetic.write_cases(tmp_path / "x", n=1, ranges="ood")
     with pytest.raises(ValueError, match="ranges must be one of"):
         synthetic.write_cases(tmp_path / "x", n=1, version=2, ranges="wide")
@@ -188,7 +188,7 @@ def test_seg_synth_cli_writes_either_generator(tmp_path, capsys):
     assert "generator 2, ranges ood" in capsys.readouterr().out
     assert "ranges ood, seed 3, case 0" in (out / "BraTS2021_00000" / "SYNTHETIC.txt").read_text()
     assert cli.main(["seg", "synth", str(tmp_path / "v1"), "--ranges", "ood"]) == 2
-    assert "ranges applies to generator version 2" in capsys.readouterr().err
+    assert "ranges and degrade apply to generator version 2" in capsys.readouterr().err
     assert not (tmp_path / "v1").exists()
 
 

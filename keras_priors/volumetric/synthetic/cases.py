@@ -18,7 +18,7 @@ def _is_synthetic_case(path):
 
 
 def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0,
-                allow_other_files=False, version=1, ranges="train"):
+                allow_other_files=False, version=1, ranges="train", degrade=None):
     """Write `n` synthetic BraTS 2021 cases under `root`, alternating anatomies; returns the
     case folders. Existing cases are never overwritten, and every argument and target is
     checked before anything is written.
@@ -27,7 +27,8 @@ def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0,
     first `synthetic_brats` weights were trained on) or 2 (domain-randomised: lesions of
     1-400 cm^3, random contrasts, bias, noise, resolution, deformation; `v2.py`), with
     `ranges` "train" or "ood" (v2's held-out settings). Case i of a given (version, seed,
-    ranges, anatomy, downsample) is the same whenever it is written.
+    ranges, anatomy, downsample) is the same whenever it is written; `degrade` (v2: a key of
+    `v2.DEGRADATIONS`) writes those same cases scanned worse.
 
     `root` must be new, empty or hold only synthetic cases (a later batch can be added with
     `start`): synthetic cases mixed into a folder of other files, a real dataset perhaps, are
@@ -49,8 +50,11 @@ def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0,
     if version not in GENERATORS:
         raise ValueError(f"version must be one of {sorted(GENERATORS)}, received "
                          f"version={version!r}")
-    if version == 1 and ranges != "train":
-        raise ValueError("ranges applies to generator version 2 only")
+    if version == 1 and (ranges != "train" or degrade is not None):
+        raise ValueError("ranges and degrade apply to generator version 2 only")
+    if degrade is not None and degrade not in v2.DEGRADATIONS:
+        raise ValueError(f"degrade must be one of {sorted(v2.DEGRADATIONS)}, received "
+                         f"{degrade!r}")
     if version == 2:
         v2.check_ranges(ranges)
     root = Path(root)
@@ -78,12 +82,13 @@ def write_cases(root, n=8, seed=0, downsample=2, anatomies=ANATOMIES, start=0,
         if version == 1:
             volumes, labels = v1.make_case(anatomy, rng)
         else:  # version 2: case i depends only on (seed, i)
-            volumes, labels = v2.make_case(anatomy, v2.case_rng(seed, i), ranges)
+            volumes, labels = v2.make_case(anatomy, v2.case_rng(seed, i), ranges, degrade)
         folder.mkdir(parents=True)
         io.write_text(folder / "SYNTHETIC.txt",  # first: even a partial case is marked
                       f"Synthetic lesion painted on the real {anatomy.name} anatomy by "
                       f"keras_priors.volumetric.synthetic (generator version {version}"
-                      f"{'' if version == 1 else f', ranges {ranges}'}, seed {seed}, case "
+                      f"{'' if version == 1 else f', ranges {ranges}'}"
+                      f"{'' if degrade is None else f', degraded {degrade}'}, seed {seed}, case "
                       f"{i}); not a real tumour.\n")
         for name, vol in volumes.items():
             io.save_nifti(nib.Nifti1Image(vol, anatomy.affine), folder / f"{case_id}_{name}.nii.gz")
