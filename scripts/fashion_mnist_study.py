@@ -109,8 +109,8 @@ def grid(models, widths, schedules, seeds, jobs=1, precision=None):
     cpus / jobs intra-op threads (on 2 cores two one-thread jobs train as many images per
     second as one two-thread job, and the cells need no coordination). Finished cells are
     skipped, interrupted ones resumed. `precision`: "bf16" / "fp32", else the family's."""
-    cells = [(m, w, sc, s, precision)
-             for s in seeds for sc in schedules for w in widths for m in models]
+    cells = [(m, w, sc, s, precision) for s in seeds for sc in schedules
+             for m in models for w in (widths or [SHIPPED_WIDTH[family(m)]])]
     todo = []
     for cell in cells:
         out = cell_dir(*cell)
@@ -439,8 +439,9 @@ def main(argv=None):
                                          "grid-report"])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    parser.add_argument("--widths", nargs="*", type=Fraction, default=[Fraction(1, 3)],
-                        help="grid: width multipliers, e.g. 1/3 2/3 1")
+    parser.add_argument("--widths", nargs="*", type=Fraction, default=None,
+                        help="grid: width multipliers, e.g. 1/3 2/3 1 (default: the shipped "
+                             "width of each family, NiN 1/3, ResNet-20 1/2)")
     parser.add_argument("--schedules", nargs="*", choices=list(SCHEDULES),
                         default=list(SCHEDULES))
     parser.add_argument("--jobs", type=int, default=1, help="grid: cells trained at once")
