@@ -5,6 +5,7 @@ model on them.
     python scripts/seg_generalisation.py data              # write the sets (runs/seg_gen/data)
     python scripts/seg_generalisation.py score unet3d_lowrank:synthetic_brats [RUN_DIR ...]
     python scripts/seg_generalisation.py report            # -> docs/seg_generalisation.md / .json
+    python scripts/seg_generalisation.py card unet3d_lowrank:synthetic_brats  # -> manifest + card
 
 Sets (all synthetic - no real tumour scan can be installed here - BraTS 2021 layout, 2 mm):
 
@@ -115,10 +116,57 @@ def report():
     print(text)
 
 
+CARD_HEADING = "## Out of distribution (generator v2, scored by scripts/seg_generalisation.py)"
+
+
+def card(specs):
+    """Write a shipped model's scores on the held-out sets into its manifest entry (the
+    `generalisation` block tests/volumetric/test_shipped_seg.py holds fresh cases to) and
+    into its card. Run after `score` and `report`; shipping new weights drops both, so the
+    new weights must be scored again."""
+    import numpy as np
+
+    scores = {r["model"]: r for r in json.loads((DOCS / "seg_generalisation.json").read_text())}
+    for spec in specs:
+        name, _, tag = spec.partition(":")
+        if spec not in scores:
+            raise SystemExit(f"{spec}: not in docs/seg_generalisation.json; run score and report")
+        manifest_path = ROOT / "keras_priors" / "zoo" / "weights" / tag / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        if name not in manifest:
+            raise SystemExit(f"{spec}: no shipped weights in {manifest_path}")
+        block = {"sets": {}, "settings": {k: {kk: vv for kk, vv in v.items()}
+                                          for k, v in SETS.items()}}
+        for set_name, s in scores[spec]["sets"].items():
+            per_case = s["per_case"].values()
+            block["sets"][set_name] = {
+                "dice": s["dice"], "min_wt": s["min_wt"], "cases": s["cases"],
+                "dice_std": {k: float(np.std([c[k]["dice"] for c in per_case]))
+                             for k in s["dice"]}}
+        entry = manifest[name]
+        entry["generalisation"] = block
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        card_path = ROOT / entry["card"]
+        text = card_path.read_text().split(CARD_HEADING)[0].rstrip() + "\n\n"
+        lines = [CARD_HEADING, "",
+                 "Cases written after training (docs/seg_generalisation.md says how each set "
+                 "is made): v1 is the first generator with fresh seeds; id is generator v2 "
+                 "with its training ranges; ood and its degraded copies share nothing with "
+                 "v2's training (another brain, held-out shape and contrast ranges). Mean "
+                 "Dice over the cases, per-case spread in brackets:", "",
+                 "| set | cases | Dice WT | TC | ET | lowest WT |", "|---|---|---|---|---|---|"]
+        for set_name, s in block["sets"].items():
+            cells = " | ".join(f"{s['dice'][k]:.3f} (±{s['dice_std'][k]:.2f})"
+                               for k in ("WT", "TC", "ET"))
+            lines.append(f"| {set_name} | {s['cases']} | {cells} | {s['min_wt']:.3f} |")
+        card_path.write_text(text + "\n".join(lines) + "\n")
+        print(f"{spec}: generalisation written to {manifest_path} and {card_path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["data", "score", "report"])
+    parser.add_argument("step", choices=["data", "score", "report", "card"])
     parser.add_argument("models", nargs="*", default=["unet3d_lowrank:synthetic_brats"])
     parser.add_argument("--cases", type=int, default=CASES)
     args = parser.parse_args(argv)
@@ -126,6 +174,8 @@ def main(argv=None):
         write_data(args.cases)
     elif args.step == "score":
         score(args.models)
+    elif args.step == "card":
+        card(args.models)
     else:
         report()
     return 0

@@ -35,3 +35,25 @@ def test_shipped_seg_weights_are_registered_with_their_card():
     assert entry.extra["regions"] == ["WT", "TC", "ET"] and entry.build_kwargs["widths"] == (16, 32, 64)
     assert entry.card.endswith("unet3d_lowrank_synthetic_brats.md")
     assert np.prod(entry.input_shape) == 48 ** 3 * 4
+
+
+def test_shipped_model_holds_its_cards_out_of_distribution_figures(tmp_path):
+    """Fresh cases from the card's out-of-distribution setting (seeds the card's set never
+    used) score within the card's mean Dice, give or take three standard errors of the
+    card's per-case spread for this test's case count, plus 0.05."""
+    from keras_priors import volumetric as seg
+    from keras_priors.volumetric.evaluation import evaluate_cases
+    from keras_priors.zoo.catalog import WEIGHTS_DIR
+
+    entry = json.loads((WEIGHTS_DIR / "synthetic_brats" / "manifest.json").read_text())
+    gen = entry["unet3d_lowrank"]["generalisation"]
+    card, setting = gen["sets"]["ood"], dict(gen["settings"]["ood"])
+    setting["seed"] += 777  # fresh cases, same generator settings
+    n = 3
+    synthetic.write_cases(tmp_path / "ood", n=n, downsample=2, **setting)
+    model = seg.model_for_inference("unet3d_lowrank", "synthetic_brats")
+    got = evaluate_cases(model, seg.discover(tmp_path / "ood"))
+    assert len(got["per_case"]) == n
+    for region, mean in card["dice"].items():
+        margin = 3 * card["dice_std"][region] / np.sqrt(n) + 0.05
+        assert abs(got["dice"][region] - mean) <= margin, (region, got["dice"], card["dice"])
