@@ -148,16 +148,33 @@ def grid(models, widths, schedules, seeds, jobs=1, precision=None):
                       f"{r['validation_accuracy']:.4f}, {r['train_seconds']:.0f} s", flush=True)
 
 
-def _grid_results():
-    """{(model, width, schedule, precision): [result, ...]} of the finished grid runs."""
+def _grid_runs():
+    """{(model, width, schedule, precision): {seed: run}}: the runs recorded in
+    docs/study/grid.json (runs/ does not travel between machines), updated with the finished
+    runs under runs/grid. A run is its seed, test and validation accuracy, train seconds and,
+    for runs trained here, its validation curve."""
     cells = {}
+    recorded = DOCS / "grid.json"
+    for row in json.loads(recorded.read_text())["rows"] if recorded.exists() else []:
+        key = (row["model"], Fraction(row["width"]), row["schedule"], row["precision"])
+        runs_ = row.get("runs") or [  # older rows kept only the mean validation and time
+            {"seed": s, "accuracy": a, "validation_accuracy": row["validation_mean"] / 100,
+             "train_seconds": row["train_seconds"]}
+            for s, a in zip(row["seeds"], row["accuracies"])]
+        cells[key] = {r["seed"]: {**r, "macs": row["macs"], "params": row["params"]}
+                      for r in runs_}
     for result in sorted(GRID_RUNS.glob("*/result.json")):
         r = json.loads(result.read_text())
         cfg = r["config"]
         schedule = next(k for k, e in SCHEDULES.items() if e == cfg["epochs"])
         precision = "bf16" if cfg["mixed_precision"] else "fp32"
         key = (r["model"], Fraction(cfg["width"]).limit_denominator(12), schedule, precision)
-        cells.setdefault(key, []).append(r)
+        history = json.loads((result.parent / "state.json").read_text())["history"]
+        cells.setdefault(key, {})[r["seed"]] = {
+            "seed": r["seed"], "accuracy": r["accuracy"],
+            "validation_accuracy": r["validation_accuracy"],
+            "train_seconds": r["train_seconds"], "macs": r["macs"], "params": r["params"],
+            "val_curve": [h["val_accuracy"] for h in history]}
     return cells
 
 
@@ -165,9 +182,10 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _grid_plots(rows, cells):
-    """Error vs MACs per width (both schedules, the family's precision), and validation
-    accuracy per epoch of the converged runs (the plateau that chose the schedule)."""
+def _grid_plots(rows):
+    """Error vs MACs per width (both schedules, the family's precision), and per family the
+    validation accuracy per epoch of the converged runs (the plateau that chose the
+    schedule); a family's curves are redrawn only when some of its runs carry them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,60 +195,66 @@ def _grid_plots(rows, cells):
 
     main = [r for r in rows if r["precision"] == PRECISION[family(r["model"])]]
     for w in sorted({r["width"] for r in main}):
+        at_w = [r for r in main if r["width"] == w]
         pts = [{"name": f"{r['model']} {r['epochs']}ep", "macs": r["macs"],
                 "params": r["params"], "error_mean": 100 - r["mean"], "error_std": r["std"]}
-               for r in main if r["width"] == w]
+               for r in at_w]
+        names = " / ".join(sorted({family(r["model"]) for r in at_w}))
         plot_error_vs_cost(pts, DOCS / f"grid_w{w.replace('/', '-')}_error_vs_macs.png", "macs",
-                           f"Fashion-MNIST, NiN family at width {w}: error vs MACs "
+                           f"Fashion-MNIST, {names} at width {w}: error vs MACs "
                            "(mean ± std over seeds)")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for (model, w, schedule, precision), runs_ in sorted(cells.items()):
-        if schedule != "converged":
+    for fam in FAMILIES:
+        curves = [(r, run) for r in rows if r["schedule"] == "converged"
+                  and family(r["model"]) == fam for run in r["runs"] if run.get("val_curve")]
+        if not curves:
             continue
-        for r in runs_:
-            out = cell_dir(model, w, schedule, r["seed"], precision)
-            history = json.loads((out / "state.json").read_text())["history"]
-            ax.plot(range(1, len(history) + 1), [100 * h["val_accuracy"] for h in history],
-                    label=f"{model} w{w} seed {r['seed']}", lw=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%), 5,000 held-out images")
-    ax.set_ylim(75, 95)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(DOCS / "grid_validation_curves.png")
-    plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for r, run in curves:
+            ax.plot(range(1, len(run["val_curve"]) + 1), [100 * v for v in run["val_curve"]],
+                    label=f"{r['model']} w{r['width']} {r['precision']} seed {run['seed']}",
+                    lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%), 5,000 held-out images")
+        ax.set_ylim(75, 95)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(DOCS / f"grid_validation_curves_{fam}.png")
+        plt.close(fig)
 
 
 def grid_report():
-    """The width x schedule table (mean ± std over seeds, gap to nin in the same cell), as
-    docs/study/grid.md and grid.json."""
-    cells = _grid_results()
+    """The width x schedule table (mean ± std over seeds, gap to the family's baseline in the
+    same cell), as docs/study/grid.md and grid.json; runs recorded there before are kept."""
+    cells = _grid_runs()
     lines = ["| width | schedule | precision | model | seeds | test accuracy % | validation % | "
-             "vs nin (points) | train s / run |", "|---|---|---|---|---|---|---|---|---|"]
+             "vs baseline (points) | train s / run |", "|---|---|---|---|---|---|---|---|---|"]
     rows = []
     order = {m: i for i, m in enumerate(MODELS)}
-    for key in sorted(cells, key=lambda k: (k[1], list(SCHEDULES).index(k[2]), k[3] != "bf16",
+    for key in sorted(cells, key=lambda k: (list(FAMILIES).index(family(k[0])), k[1],
+                                            list(SCHEDULES).index(k[2]), k[3] != "bf16",
                                             order.get(k[0], 99))):
         model, w, schedule, precision = key
-        runs_ = cells[key]
+        runs_ = [cells[key][s] for s in sorted(cells[key])]
         acc, std = _mean_std([100 * r["accuracy"] for r in runs_])
         val, _ = _mean_std([100 * r["validation_accuracy"] for r in runs_])
         base = cells.get((FAMILIES[family(model)][0], w, schedule, precision))
-        gap = acc - _mean_std([100 * r["accuracy"] for r in base])[0] if base else None
+        gap = acc - _mean_std([100 * r["accuracy"] for r in base.values()])[0] if base else None
         sec = statistics.mean(r["train_seconds"] for r in runs_)
         rows.append({"model": model, "width": str(w), "schedule": schedule,
                      "epochs": SCHEDULES[schedule], "precision": precision,
                      "seeds": [r["seed"] for r in runs_],
                      "accuracies": [r["accuracy"] for r in runs_], "mean": acc, "std": std,
                      "validation_mean": val, "gap_to_baseline": gap, "train_seconds": sec,
-                     "macs": runs_[0]["macs"], "params": runs_[0]["params"]})
+                     "macs": runs_[0]["macs"], "params": runs_[0]["params"],
+                     "runs": [{k: v for k, v in r.items() if k not in ("macs", "params")}
+                              for r in runs_]})
         lines.append(f"| {w} | {schedule} ({SCHEDULES[schedule]} ep) | {precision} | {model} | "
                      f"{len(runs_)} | {acc:.2f} ± {std:.2f} | {val:.2f} | "
                      f"{'-' if gap is None else f'{gap:+.2f}'} | {sec:.0f} |")
     table = "\n".join(lines)
     DOCS.mkdir(parents=True, exist_ok=True)
-    _grid_plots(rows, cells)
+    _grid_plots(rows)
     (DOCS / "grid.md").write_text(table + "\n")
     (DOCS / "grid.json").write_text(json.dumps({"recipe": GRID_RECIPE, "precision": PRECISION,
                                                 "schedules": SCHEDULES, "rows": rows}, indent=1))
