@@ -111,7 +111,16 @@ def get_strategy(name="default", devices=None, logical_cpus=None):
     """A tf.distribute strategy by name: "default" (no distribution), "mirrored" (all local
     GPUs, the given `devices`, or `logical_cpus` logical CPU devices) or "multiworker"
     (MultiWorkerMirroredStrategy over the cluster in TF_CONFIG). A strategy object is
-    returned as it is."""
+    returned as it is. Under another Keras backend (JAX, torch) only "default" exists, and it
+    is None: no distribution."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        if name in (None, "default") and not devices and logical_cpus is None:
+            return None
+        raise ValueError(f"strategy={name!r} needs the TensorFlow backend (tf.distribute); "
+                         f"this process runs Keras on {keras.backend.backend()!r}: use "
+                         "strategy='default'")
     import tensorflow as tf
 
     if isinstance(name, tf.distribute.Strategy):

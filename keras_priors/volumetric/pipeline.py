@@ -9,6 +9,7 @@ have, whatever the number of loader workers.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from .layouts import Case, load_case, to_regions
@@ -190,8 +191,10 @@ def epoch_patches(source, size, seed, epoch, per_case=2, foreground=0.5, rotate=
 
 def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs, per_case=2,
                   foreground=0.5, rotate=0.0, augmentation=True, workers=None,
-                  steps_per_epoch=None):
-    """tf.data of batched patches for epochs `first_epoch .. epochs-1`.
+                  steps_per_epoch=None, loader=None):
+    """tf.data of batched patches for epochs `first_epoch .. epochs-1` (`loader="tf"`, the
+    default on the TensorFlow backend), or the same batches as a Keras PyDataset
+    (`loader="py"`, `PatchBatches`: the default on JAX and torch, which have no tf.data).
 
     `source`: a `PreparedDataset` (patches are read from its memory-mapped arrays) or a list
     of in-RAM (images, targets) pairs (then `case_ids` are indices, None = all). An epoch is
@@ -204,8 +207,6 @@ def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs,
     >>> ds = patch_dataset(PreparedDataset.open("prepared"), None, (64, 64, 64), 2,
     ...                    seed=0, first_epoch=0, epochs=10)   # doctest: +SKIP
     """
-    import tensorflow as tf
-
     source = _as_source(source)
     case_ids = list(source.case_ids if case_ids is None else case_ids)
     size = tuple(int(s) for s in size)
@@ -227,6 +228,14 @@ def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs,
         return load_patch(source, case_ids[i], size, seed, epoch, position, foreground, rotate,
                           augmentation)
 
+    loader = loader or ("tf" if keras.backend.backend() == "tensorflow" else "py")
+    if loader not in ("tf", "py"):
+        raise ValueError(f"loader must be 'tf' or 'py', received loader={loader!r}")
+    if loader == "py":
+        return PatchBatches(load, usable // batch_size, batch_size, first_epoch, epochs,
+                            workers)
+    import tensorflow as tf
+
     def call(epoch, position):
         x, y = tf.numpy_function(load, [epoch, position], [tf.float32, tf.float32])
         x.set_shape((*size, source.channels))
@@ -237,3 +246,23 @@ def patch_dataset(source, case_ids, size, batch_size, seed, first_epoch, epochs,
         lambda e: tf.data.Dataset.range(usable).map(lambda p: (e, p)))
     ds = index.map(call, num_parallel_calls=workers or tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+class PatchBatches(keras.utils.PyDataset):
+    """`patch_dataset` for Keras backends without tf.data (JAX, torch): a PyDataset whose
+    item k is batch k of epochs `first_epoch ..`, each patch `load(epoch, position)`; so the
+    batches are the tf.data path's, whatever `workers` (threads, default 1; threads, not
+    processes, since forking a process that runs JAX is unsafe)."""
+
+    def __init__(self, load, steps, batch_size, first_epoch, epochs, workers=None):
+        super().__init__(workers=workers or 1, use_multiprocessing=False, max_queue_size=4)
+        self.load, self.steps, self.batch_size = load, steps, batch_size
+        self.first_epoch, self.epochs = first_epoch, epochs
+
+    def __len__(self):
+        return self.steps * (self.epochs - self.first_epoch)
+
+    def __getitem__(self, k):
+        epoch, step = self.first_epoch + k // self.steps, k % self.steps
+        pairs = [self.load(epoch, step * self.batch_size + j) for j in range(self.batch_size)]
+        return np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs])

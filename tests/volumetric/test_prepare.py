@@ -269,6 +269,23 @@ def test_patch_stream_depends_only_on_seed_and_epoch(prepared):
     assert len(fixed) == 10
 
 
+def test_pydataset_loader_yields_the_tf_data_batches(prepared):
+    """loader="py" (what JAX and torch train from) gives the tf.data batches, in-process and
+    with worker processes, from any first epoch."""
+    common = dict(size=(16, 16, 16), batch_size=2, seed=3, per_case=2, foreground=0.7)
+    tf_stream = _stream(pipeline.patch_dataset(prepared, None, first_epoch=1, epochs=3,
+                                               **common))
+    for workers in (None, 2):
+        py = pipeline.patch_dataset(prepared, None, first_epoch=1, epochs=3, loader="py",
+                                    workers=workers, **common)
+        assert isinstance(py, pipeline.PatchBatches) and len(py) == len(tf_stream) == 6
+        for k, (x, y) in enumerate(tf_stream):
+            np.testing.assert_array_equal(py[k][0], x)
+            np.testing.assert_array_equal(py[k][1], y)
+    with pytest.raises(ValueError, match="loader must be"):
+        pipeline.patch_dataset(prepared, None, first_epoch=0, epochs=1, loader="torch", **common)
+
+
 def test_foreground_oversampling_and_targets(prepared):
     patches = list(pipeline.epoch_patches(prepared, (8, 8, 8), seed=0, epoch=0, per_case=4,
                                           foreground=1.0, augmentation=False))

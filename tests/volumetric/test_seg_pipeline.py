@@ -225,3 +225,62 @@ def test_a_label_map_without_regions_must_be_binary(tmp_path):
     with pytest.raises(ValueError, match=r"case c0 has label values \[.*2\] but the dataset "
                                          "defines no regions"):
         seg.fit_segmentation(cfg, tmp_path / "run", verbose=0)
+
+
+def test_seg_training_runs_on_jax_without_tensorflow(tmp_path):
+    """`seg train` on the JAX backend in a process where TensorFlow cannot be imported (as on
+    an accelerator machine with JAX only): tf.distribute's default strategy and tf.data are
+    replaced, the run writes its checkpoint and resumes to the uninterrupted run's weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("jax")
+    script = tmp_path / "no_tf.py"
+    script.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from keras_priors import cli\n"
+        "import keras\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        "code = cli.main(sys.argv[1:])\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "sys.exit(code)\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    base = ["seg", "train", "--data", "synthetic", "--synth-cases", "2", "--synth-val-cases",
+            "1", "--synth-downsample", "4", "--val-every", "0", "--model", "unet3d_lowrank", "--batch-size", "2",
+            "--steps-per-epoch", "2", "--patch", "16", "16", "16", "--widths", "4", "8",
+            "--quiet"]
+
+    def argv(out, resume=False):
+        return [sys.executable, str(script), *base, "--out", str(out), "--epochs", "3"] + (
+            ["--resume"] if resume else [])
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(argv(whole), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = killed / "state.json"
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= json.loads((killed / "state.json").read_text())["epoch"] < 3
+    done = subprocess.run(argv(killed, resume=True), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import keras
+
+    for a, b in zip(_run_weights(whole), _run_weights(killed), strict=True):
+        np.testing.assert_array_equal(a, b)  # same patches, optimizer state and schedule
+    assert keras.backend.backend() == "tensorflow"  # this process is untouched
