@@ -135,8 +135,7 @@ def card(specs):
         manifest = json.loads(manifest_path.read_text())
         if name not in manifest:
             raise SystemExit(f"{spec}: no shipped weights in {manifest_path}")
-        block = {"sets": {}, "settings": {k: {kk: vv for kk, vv in v.items()}
-                                          for k, v in SETS.items()}}
+        block = {"sets": {}, "settings": SETS}
         for set_name, s in scores[spec]["sets"].items():
             per_case = s["per_case"].values()
             block["sets"][set_name] = {

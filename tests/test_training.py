@@ -4,16 +4,16 @@ uninterrupted run, the NaN guard, the output folder rules, and evaluate."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
 from keras_priors import runs, training
+
+from .processes import kill_after_first_epoch
 
 TINY = dict(model="nin_root8", width=0.125, batch_size=64, limit_train=512, limit_test=256,
             warmup_epochs=0.5)
@@ -66,17 +66,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     done = subprocess.run(_cli(whole, 3), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    proc = subprocess.Popen(_cli(killed, 3), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        state = killed / "state.json"
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    epoch = json.loads((killed / "state.json").read_text())["epoch"]
+    epoch = kill_after_first_epoch(_cli(killed, 3), killed, env, poll=0.2)
     assert 1 <= epoch < 3, "the run was not interrupted mid-way"
     keras.saving.load_model(_checkpoint(killed))  # the last checkpoint is intact
 

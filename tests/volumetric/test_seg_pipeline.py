@@ -12,6 +12,8 @@ from keras_priors import cli
 from keras_priors import volumetric as seg
 from keras_priors.volumetric import pipeline, synthetic
 
+from ..processes import kill_after_first_epoch
+
 ARGS = ["--model", "unet3d_lowrank", "--epochs", "2", "--batch-size", "2", "--steps-per-epoch",
         "2", "--patch", "16", "16", "16", "--widths", "8", "16", "--val-fraction", "0.34",
         "--quiet"]
@@ -93,10 +95,8 @@ def _run_weights(run):
 
 def test_killed_seg_run_resumes_to_the_same_weights(dataset, tmp_path):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -108,17 +108,7 @@ def test_killed_seg_run_resumes_to_the_same_weights(dataset, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(argv(whole), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        state = killed / "state.json"
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 1 <= json.loads((killed / "state.json").read_text())["epoch"] < 3
+    assert 1 <= kill_after_first_epoch(argv(killed), killed, env) < 3
     assert not (killed / "result.json").exists()
     done = subprocess.run(argv(killed, resume=True), env=env, capture_output=True, text=True,
                           timeout=600)
@@ -232,10 +222,8 @@ def test_seg_training_runs_on_jax_without_tensorflow(tmp_path):
     an accelerator machine with JAX only): tf.distribute's default strategy and tf.data are
     replaced, the run writes its checkpoint and resumes to the uninterrupted run's weights."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     pytest.importorskip("jax")
     script = tmp_path / "no_tf.py"
@@ -265,17 +253,7 @@ def test_seg_training_runs_on_jax_without_tensorflow(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(argv(whole), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        state = killed / "state.json"
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 1 <= json.loads((killed / "state.json").read_text())["epoch"] < 3
+    assert 1 <= kill_after_first_epoch(argv(killed), killed, env) < 3
     done = subprocess.run(argv(killed, resume=True), env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
