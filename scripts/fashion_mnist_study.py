@@ -250,7 +250,7 @@ def grid_report():
                      "runs": [{k: v for k, v in r.items() if k not in ("macs", "params")}
                               for r in runs_]})
         lines.append(f"| {w} | {schedule} ({SCHEDULES[schedule]} ep) | {precision} | {model} | "
-                     f"{len(runs_)} | {acc:.2f} ± {std:.2f} | {val:.2f} | "
+                     f"{len(runs_)} | {acc:.2f}{f' ± {std:.2f}' if len(runs_) > 1 else ''} | {val:.2f} | "
                      f"{'-' if gap is None else f'{gap:+.2f}'} | {sec:.0f} |")
     table = "\n".join(lines)
     DOCS.mkdir(parents=True, exist_ok=True)
