@@ -196,6 +196,7 @@ _BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
     "--no-memory": ("no_memory", ("models",)),
     "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg", "unet")),
     "--widths": ("widths", ("unet",)), "--models": ("models", ("train",)),
+    "--mixed-precision": ("mixed_precision", ("unet",)),
 }
 
 
@@ -222,6 +223,7 @@ def _bench(args):
         argv = ["--quick"] if args.quick else []
         argv += ["--patch", *map(str, args.patch)] if args.patch else []
         argv += ["--widths", *map(str, args.widths)] if args.widths else []
+        argv += ["--mixed-precision"] if args.mixed_precision else []
         return unet.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "train":
         from .bench import train
@@ -360,6 +362,8 @@ def build_parser():
                    help="seg: cubic patch sizes (default 64 128); unet: (default 96 128)")
     p.add_argument("--widths", type=int, nargs="+", metavar="W",
                    help="unet: filters per level (default 16 32 64 128)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="unet: every row under mixed_bfloat16, as seg train --mixed-precision")
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="train: NiN / CIFAR ResNet models (default nin nin_root8 resnet20)")
     p.set_defaults(func=_bench)

@@ -121,6 +121,16 @@ class RunKeeper(keras.callbacks.Callback):
             previous.unlink()
 
 
+def precision_policy(mixed):
+    """The Keras dtype policy of a run: "float32", or with `mixed` "mixed_bfloat16" on CPU
+    (AVX-512 BF16 / AMX CPUs run it natively) and "mixed_float16" where an accelerator is
+    visible (Keras then scales the loss itself). Variables stay float32 either way."""
+    if not mixed:
+        return "float32"
+    gpu = any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
+    return "mixed_float16" if gpu else "mixed_bfloat16"
+
+
 # ------------------------------------------------------------------ the folder
 def _config_dict(cfg):
     return json.loads(json.dumps(asdict(cfg), default=io.jsonable))

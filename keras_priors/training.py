@@ -136,7 +136,7 @@ def fit(cfg: TrainConfig, out, resume=False, verbose="auto", data=None, strategy
     >>> fit(cfg, "runs/demo")["accuracy"]                                  # doctest: +SKIP
     """
     with runs.Run(out, cfg, resume, strategy) as run:
-        keras.mixed_precision.set_global_policy(_policy(cfg))
+        keras.mixed_precision.set_global_policy(runs.precision_policy(cfg.mixed_precision))
         try:
             data = data or data_lib.load(cfg.data, cfg.data_dir, cfg.limit_train,
                                          cfg.limit_test)
@@ -181,13 +181,6 @@ def _distributed_accuracy():
     from .distribute import categorical_accuracy
 
     return categorical_accuracy
-
-
-def _policy(cfg):
-    if not cfg.mixed_precision:
-        return "float32"
-    gpu = any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
-    return "mixed_float16" if gpu else "mixed_bfloat16"
 
 
 def report(model, data, name, batch_size=256, extra=None, local=False):

@@ -116,6 +116,16 @@ def test_bench_unet_smoke(capsys, tmp_path):
         assert r["memory_mb"] >= 0 and r["step_s"] > 0 and r["infer_s"] > 0 and r["patch"] == 16
     assert "| 16^3 | unet3d | - | ours |" in out and "| 1.00 |" in out
     assert results["machine"]["TF_ENABLE_ONEDNN_OPTS"] in ("0", "1")
+    assert {r["precision"] for r in results["rows"]} == {"float32"}
+
+
+def test_bench_unet_row_under_mixed_bfloat16():
+    """`bench unet --mixed-precision` rows: the default (recomputing) low-rank U-Net
+    trains under mixed_bfloat16 in its own process."""
+    from keras_priors.bench import unet
+
+    row = unet.measure("unet3d_lowrank", True, "ours", 16, [4, 8], 1, mixed=True)
+    assert row["step_s"] > 0 and row["infer_s"] > 0
 
 
 def test_bench_train_smoke(capsys, tmp_path):

@@ -192,6 +192,8 @@ def test_bench_options_a_benchmark_does_not_take_are_errors(capsys, tmp_path):
     assert code == 2 and err == "error: bench models takes no --cases (only bench seg do)\n"
     code, _, err = run(capsys, "bench", "seg", "--widths", "8", "16")
     assert code == 2 and err == "error: bench seg takes no --widths (only bench unet do)\n"
+    code, _, err = run(capsys, "bench", "train", "--mixed-precision")
+    assert code == 2 and err == "error: bench train takes no --mixed-precision (only bench unet do)\n"
     code, _, err = run(capsys, "bench", "floor", "--patch", "96")
     assert code == 2 and err == "error: bench floor takes no --patch (only bench seg and unet do)\n"
     code, _, err = run(capsys, "bench", "--quick", "--compare", str(tmp_path / "old.json"))

@@ -40,7 +40,7 @@ import keras
 from keras_priors import runs, training
 if args["float64"]:  # fit sets the dtype policy from the config: make it float64
     keras.config.set_floatx("float64")
-    training._policy = lambda cfg: "float64"
+    runs.precision_policy = lambda mixed: "float64"
 if args["no_dropout"]:
     build = training.build_model
     def build_model(cfg, data):

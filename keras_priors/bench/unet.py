@@ -14,6 +14,7 @@ the step) to the end of the training steps. Rows:
 
     keras-priors bench unet --patch 96 128 [--widths 16 32 64 128] [--json out.json]
     keras-priors bench unet --quick     # smoke run at 16^3
+    keras-priors bench unet --patch 96 128 --mixed-precision   # bf16 compute, as seg train
 
 Also `python benchmarks/unet_memory.py ...`.
 """
@@ -47,6 +48,8 @@ from keras_priors.volumetric.losses import DiceCELoss
 
 args = json.loads(sys.argv[1])
 p = args["patch"]
+if args.get("mixed"):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
 if args["norm"] == "keras":
     unet3d.GroupNormalization = keras.layers.GroupNormalization
 if "no2d" in args["ablate"]:  # axis members as 3D convs
@@ -77,12 +80,13 @@ print("RESULT", json.dumps({"memory_mb": round((peak - before) / 1024),
 """
 
 
-def measure(model, recompute, norm, patch, widths, steps, ablate=()):
+def measure(model, recompute, norm, patch, widths, steps, ablate=(), mixed=False):
     """One row in a fresh process: {"memory_mb", "step_s", "infer_s"}. `ablate`: parts of
     the lean path to turn off, "no2d" (3D axis members as 3D convs) and "nomark" (norms
-    keep their own input instead of recomputing it); benchmarks/unet_ablation.py."""
+    keep their own input instead of recomputing it); benchmarks/unet_ablation.py.
+    `mixed`: under the mixed_bfloat16 policy (bf16 compute, float32 weights)."""
     args = {"model": model, "recompute": recompute, "norm": norm, "patch": patch,
-            "widths": widths, "steps": steps, "ablate": list(ablate)}
+            "widths": widths, "steps": steps, "ablate": list(ablate), "mixed": mixed}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
                           capture_output=True, text=True)
@@ -125,6 +129,9 @@ def main(argv=None):
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 16^3, widths 4-8")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="every row under the mixed_bfloat16 policy (as seg train "
+                             "--mixed-precision on CPU)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -136,7 +143,8 @@ def main(argv=None):
     info = machine()
     print(f"machine: {info['cpus']} CPUs, AVX2 {info['avx2']}, AVX-512 "
           f"{' '.join(info['avx512']) or 'none'}, TF_ENABLE_ONEDNN_OPTS="
-          f"{info['TF_ENABLE_ONEDNN_OPTS']}; widths {'-'.join(map(str, args.widths))}, batch 2")
+          f"{info['TF_ENABLE_ONEDNN_OPTS']}; widths {'-'.join(map(str, args.widths))}, batch 2, "
+          f"{'mixed_bfloat16' if args.mixed_precision else 'float32'}")
     print("| patch | model | recompute | norm | training memory MB | x unet3d | step s | "
           "x unet3d | inference s | x unet3d |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -144,9 +152,11 @@ def main(argv=None):
     for patch in args.patch:
         full = None
         for model, recompute, norm in ROWS:
-            r = measure(model, recompute, norm, patch, args.widths, args.steps)
+            r = measure(model, recompute, norm, patch, args.widths, args.steps,
+                        mixed=args.mixed_precision)
             r.update(model=model, recompute=recompute, norm=norm, patch=patch,
-                     widths=args.widths)
+                     widths=args.widths,
+                     precision="mixed_bfloat16" if args.mixed_precision else "float32")
             if model == "unet3d" and norm == "ours":
                 full = r
             results.append(r)

@@ -89,16 +89,19 @@ class ConvStep:
                     index[axis0 + a] = slice(max(-lo, 0), hi if hi < 0 else None)
                 x = x[tuple(index)]
             padding = "valid"
-        y = _axis_conv_as_2d(x, self.kernel, self.strides, padding, data_format,
+        # the weights in x's dtype: under mixed precision a recomputing backward pass runs
+        # outside the layer call, where Keras no longer casts variables itself
+        kernel = ops.cast(self.kernel, x.dtype)
+        y = _axis_conv_as_2d(x, kernel, self.strides, padding, data_format,
                              self.dilation_rate)
         if y is None:
-            y = ops.conv(x, self.kernel, strides=self.strides, padding=padding,
+            y = ops.conv(x, kernel, strides=self.strides, padding=padding,
                          data_format=data_format, dilation_rate=self.dilation_rate)
         if self.bias is None:
             return y
         shape = [1] * (rank + 2)
         shape[-1 if data_format == "channels_last" else 1] = self.bias.shape[0]
-        return ops.add(y, ops.reshape(self.bias, shape))
+        return ops.add(y, ops.reshape(ops.cast(self.bias, x.dtype), shape))
 
 
 def _axis_conv_as_2d(x, kernel, strides, padding, data_format, dilation_rate):

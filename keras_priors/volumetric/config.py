@@ -27,6 +27,7 @@ class SegConfig:
     overlap: float = 0.5
     val_every: int = 1  # epochs between validations during training (0: only at the end)
     val_cases: int = 3  # held-out cases scored during training (all are scored at the end)
+    mixed_precision: bool = False  # bf16 compute on CPU (float16 on GPU); weights stay float32
     # data="synthetic": cases generated on the fly by generator v2 (synthetic.SyntheticSource)
     synth_cases: int = 16  # fresh cases per epoch
     synth_val_cases: int = 4  # fixed held-out cases

@@ -152,49 +152,58 @@ def fit_segmentation(cfg: SegConfig, out, resume=False, verbose="auto", strategy
     `workers`: processes preparing a raw dataset, and parallel patch loaders.
     """
     with runs.Run(out, cfg, resume, strategy) as run:
-        if cfg.data == SYNTHETIC:
-            dataset, held_out = synthetic_sources(cfg)
-            train_ids, val_ids = dataset.case_ids, held_out.case_ids
-        else:
-            dataset = held_out = open_dataset(cfg.data, cfg.layout, workers,
-                                              progress=verbose != 0)
-            _check_targets(dataset)
-            train_ids, val_ids = split_cases(list(dataset.case_ids), cfg.val_fraction, cfg.seed)
-        if not train_ids:
-            raise ValueError(f"--data {cfg.data}: no case left for training "
-                             f"({len(dataset.case_ids)} cases, val_fraction={cfg.val_fraction})")
-        names = list(dataset.regions) if dataset.regions else ["foreground"]
-        steps = cfg.steps_per_epoch or max(1, 2 * len(train_ids) // cfg.batch_size)
-        with run.scope():
-            model = build(cfg, dataset.channels, dataset.outputs, "sigmoid")
-            _compile(model, cfg, steps)
-        split = {"train": train_ids, "val": val_ids,
-                 "regions": dict(dataset.regions) if dataset.regions else None,
-                 "layout": dataset.layout, "channels": int(dataset.channels),
-                 "outputs": int(dataset.outputs), "modalities": list(dataset.modalities),
-                 "spacing": list(dataset.spacing(train_ids[0])),
-                 "prepared": (dataset.describe() if cfg.data == SYNTHETIC
-                              else str(dataset.root))}
-        if cfg.data == SYNTHETIC:
-            split["held_out"] = held_out.describe()
-        state = run.start(model, files={"split.json": split})
-        validation = Validation(held_out, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
-                                run.path, state, names, verbose=verbose != 0)
-        if state["epoch"] < cfg.epochs:
-            batches = patch_dataset(dataset, train_ids, cfg.patch, cfg.batch_size, cfg.seed,
-                                    state["epoch"], cfg.epochs, steps_per_epoch=steps,
-                                    foreground=cfg.foreground, rotate=cfg.rotate,
-                                    workers=workers)
-            run.train(model, batches, steps=steps, epochs=cfg.epochs, verbose=verbose,
-                      callbacks=[validation])
-        per_case = score_prepared(model, held_out, val_ids, cfg.overlap, hd95=True)
-        prof = complexity.profile(model, verbose=False)
-        result = {"model": cfg.model, "epochs": state["epoch"],
-                  "train_seconds": round(state["train_seconds"], 2),
-                  "macs_per_patch": prof.total_macs, "params": prof.total_params,
-                  "val_cases": val_ids, "best": state.get("best"),
-                  **(metrics.mean_scores(per_case) if per_case else {"dice": {}, "hd95": {}}),
-                  "per_case": per_case}
-        if run.distributed:
-            result["replicas"] = run.strategy.num_replicas_in_sync
-        return run.finish(model, result)
+        keras.mixed_precision.set_global_policy(runs.precision_policy(cfg.mixed_precision))
+        try:
+            return _fit(cfg, run, verbose, workers)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _fit(cfg, run, verbose, workers):
+    """fit_segmentation inside its run folder and dtype policy."""
+    if cfg.data == SYNTHETIC:
+        dataset, held_out = synthetic_sources(cfg)
+        train_ids, val_ids = dataset.case_ids, held_out.case_ids
+    else:
+        dataset = held_out = open_dataset(cfg.data, cfg.layout, workers,
+                                          progress=verbose != 0)
+        _check_targets(dataset)
+        train_ids, val_ids = split_cases(list(dataset.case_ids), cfg.val_fraction, cfg.seed)
+    if not train_ids:
+        raise ValueError(f"--data {cfg.data}: no case left for training "
+                         f"({len(dataset.case_ids)} cases, val_fraction={cfg.val_fraction})")
+    names = list(dataset.regions) if dataset.regions else ["foreground"]
+    steps = cfg.steps_per_epoch or max(1, 2 * len(train_ids) // cfg.batch_size)
+    with run.scope():
+        model = build(cfg, dataset.channels, dataset.outputs, "sigmoid")
+        _compile(model, cfg, steps)
+    split = {"train": train_ids, "val": val_ids,
+             "regions": dict(dataset.regions) if dataset.regions else None,
+             "layout": dataset.layout, "channels": int(dataset.channels),
+             "outputs": int(dataset.outputs), "modalities": list(dataset.modalities),
+             "spacing": list(dataset.spacing(train_ids[0])),
+             "prepared": (dataset.describe() if cfg.data == SYNTHETIC
+                          else str(dataset.root))}
+    if cfg.data == SYNTHETIC:
+        split["held_out"] = held_out.describe()
+    state = run.start(model, files={"split.json": split})
+    validation = Validation(held_out, val_ids[:cfg.val_cases], cfg.val_every, cfg.overlap,
+                            run.path, state, names, verbose=verbose != 0)
+    if state["epoch"] < cfg.epochs:
+        batches = patch_dataset(dataset, train_ids, cfg.patch, cfg.batch_size, cfg.seed,
+                                state["epoch"], cfg.epochs, steps_per_epoch=steps,
+                                foreground=cfg.foreground, rotate=cfg.rotate,
+                                workers=workers)
+        run.train(model, batches, steps=steps, epochs=cfg.epochs, verbose=verbose,
+                  callbacks=[validation])
+    per_case = score_prepared(model, held_out, val_ids, cfg.overlap, hd95=True)
+    prof = complexity.profile(model, verbose=False)
+    result = {"model": cfg.model, "epochs": state["epoch"],
+              "train_seconds": round(state["train_seconds"], 2),
+              "macs_per_patch": prof.total_macs, "params": prof.total_params,
+              "val_cases": val_ids, "best": state.get("best"),
+              **(metrics.mean_scores(per_case) if per_case else {"dice": {}, "hd95": {}}),
+              "per_case": per_case}
+    if run.distributed:
+        result["replicas"] = run.strategy.num_replicas_in_sync
+    return run.finish(model, result)

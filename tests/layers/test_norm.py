@@ -132,6 +132,37 @@ def test_norm_after_a_recomputing_composite_recomputes_its_input(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_recomputing_unit_trains_under_mixed_bfloat16():
+    """Under mixed_bfloat16 the recomputed convs (in the composite's and the norm's backward
+    pass, outside the layer call) run in bf16 with the float32 weights cast: gradients
+    agree with the storing path's to bf16 precision, and are float32 for the weights."""
+    def unit(recompute):
+        inputs = keras.Input((6, 5, 4, 3))
+        x = LowRankConv3D(6, 3, basis="lr_join", padding="same", recompute=recompute,
+                          dtype="mixed_bfloat16")(inputs)
+        x = GroupNormalization(groups=-1, dtype="mixed_bfloat16")(x)
+        return keras.Model(inputs, keras.layers.ReLU(dtype="mixed_bfloat16")(x))
+
+    lean, plain = unit(True), unit(False)
+    rng = np.random.default_rng(0)
+    lean.set_weights([rng.normal(size=w.shape).astype("float32") for w in lean.weights])
+    plain.set_weights(lean.get_weights())
+    x = tf.constant(rng.normal(size=(2, 6, 5, 4, 3)), tf.float32)
+    probe = tf.constant(rng.normal(size=(2, 6, 5, 4, 6)), tf.float32)
+
+    @tf.function
+    def grads(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(model(x, training=True), tf.float32) * probe)
+        return tape.gradient(loss, model.trainable_variables)
+
+    got, want = grads(lean), grads(plain)
+    for a, b in zip(got, want):
+        assert a.dtype == tf.float32
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(a, b, atol=0.05 * scale)
+
+
 def test_sources_are_noted_only_while_tracing():
     from keras_priors.layers.base import mark_recomputable, recompute_source
 

@@ -262,3 +262,23 @@ def test_seg_training_runs_on_jax_without_tensorflow(tmp_path):
     for a, b in zip(_run_weights(whole), _run_weights(killed), strict=True):
         np.testing.assert_array_equal(a, b)  # same patches, optimizer state and schedule
     assert keras.backend.backend() == "tensorflow"  # this process is untouched
+
+
+def test_mixed_precision_training_resumes_and_keeps_float32_weights(dataset, tmp_path):
+    """`seg train --mixed-precision`: the default recomputing low-rank U-Net trains under
+    mixed_bfloat16 on CPU (its backward pass recomputes convs outside the layer call, where
+    Keras does not cast the weights), with float32 weights and a float32 output; the
+    setting is part of the run (a resume without it is refused) and the global policy is
+    float32 again afterwards."""
+    import keras
+
+    args = ["seg", "train", "--data", str(dataset), "--out", str(tmp_path / "run"), *ARGS]
+    assert cli.main([*args, "--mixed-precision"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["mixed_precision"] is True
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = seg.model_for_inference(tmp_path / "run")
+    assert {w.dtype for w in model.get_weights()} == {np.dtype("float32")}
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert cli.main([*args, "--resume"]) == 2  # the run was mixed precision: say so again
+    assert cli.main([*args, "--resume", "--mixed-precision"]) == 0
