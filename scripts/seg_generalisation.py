@@ -3,9 +3,16 @@ evaluation sets that share nothing with training, a robustness table, and the sc
 model on them.
 
     python scripts/seg_generalisation.py data              # write the sets (runs/seg_gen/data)
+    python scripts/seg_generalisation.py train unet3d_lowrank unet3d   # RECIPE, resumable
+    python scripts/seg_generalisation.py ship unet3d_lowrank   # its run -> the synthetic_brats tag
     python scripts/seg_generalisation.py score unet3d_lowrank:synthetic_brats [RUN_DIR ...]
     python scripts/seg_generalisation.py report            # -> docs/seg_generalisation.md / .json
     python scripts/seg_generalisation.py card unet3d_lowrank:synthetic_brats  # -> manifest + card
+
+`train` runs RECIPE (generator v2 on the fly, MNI152 only; Colin27 held out for validation)
+into runs/seg_gen/train/MODEL; interrupted, it resumes where it stopped. `ship` copies the
+run's weights into the package under the `synthetic_brats` tag (replacing what was there),
+writes the card, and scores, reports and records the new weights on the held-out sets.
 
 Sets (all synthetic - no real tumour scan can be installed here - BraTS 2021 layout, 2 mm):
 
@@ -45,6 +52,130 @@ SETS = {  # name: write_cases arguments
 DEGRADED = ("4mm", "7mm_axis", "bias_0.7", "shuffled_contrast")
 for _d in DEGRADED:
     SETS[f"ood+{_d}"] = {**SETS["ood"], "degrade": _d}
+
+
+TAG = "synthetic_brats"
+RECIPE = {  # seg train options of the generator-v2 weights (docs/seg_study.md)
+    "data": "synthetic", "synth_cases": 8, "synth_val_cases": 4, "synth_brains": ["mni152"],
+    "synth_val_brains": ["colin27"], "widths": [16, 32, 64, 128], "patch": [48, 48, 48],
+    "batch_size": 2, "learning_rate": 0.003, "epochs": 300, "steps_per_epoch": 48,
+    "val_every": 25, "val_cases": 4, "seed": 0, "mixed_precision": True,
+}
+
+
+def run_folder(model):
+    return WORK / "train" / model
+
+
+def train(models, workers=2):
+    """RECIPE for each model, resumable (a finished run is left as it is)."""
+    from keras_priors import volumetric as seg
+
+    for model in models:
+        out = run_folder(model)
+        if (out / "result.json").exists():
+            print(f"{model}: finished ({out})")
+            continue
+        cfg = seg.SegConfig(model=model, **RECIPE)
+        result = seg.fit_segmentation(cfg, out, resume=(out / "config.json").exists(),
+                                      verbose=0, workers=workers)
+        print(f"{model}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in result["dice"].items())
+              + f" on the held-out brain, {result['train_seconds']:.0f} s", flush=True)
+
+
+def ship(models):
+    """Copy each finished run's final weights into the package as the `synthetic_brats`
+    tag (the entry it replaces is dropped), write its card, then score the new weights on
+    every set, regenerate the report and record the scores in manifest and card."""
+    import hashlib
+    import shutil
+
+    dest = ROOT / "keras_priors" / "zoo" / "weights" / TAG
+    manifest_path = dest / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for model in models:
+        run = run_folder(model)
+        if not (run / "result.json").exists():
+            raise SystemExit(f"{model}: no finished run in {run}; run `train {model}` first")
+        result = json.loads((run / "result.json").read_text())
+        split = json.loads((run / "split.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        target = dest / f"{model}.weights.h5"
+        shutil.copyfile(run / "weights.weights.h5", target)
+        entry = {
+            "file": f"zoo/weights/{TAG}/{model}.weights.h5",
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+            "classes": 3, "input_shape": [*cfg["patch"], split["channels"]],
+            "preprocessing": "zscore_nonzero",
+            "dice": result["dice"], "hd95": result["hd95"], "val_cases": result["val_cases"],
+            "macs": result["macs_per_patch"], "params": result["params"],
+            "segmentation": {"regions": split["regions"], "layout": split["layout"],
+                             "modalities": split["modalities"], "spacing": split["spacing"],
+                             "overlap": cfg["overlap"]},
+            "recipe": {k: cfg[k] for k in ("widths", "width", "patch", "epochs",
+                                           "steps_per_epoch", "batch_size", "learning_rate",
+                                           "foreground", "seed", "mixed_precision")}
+                      | {"data": split["prepared"], "held_out": split["held_out"],
+                         "train_seconds": result["train_seconds"]},
+            "card": f"docs/cards/{model}_{TAG}.md",
+        }
+        manifest[model] = entry
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        (ROOT / entry["card"]).write_text(card_text(model, entry, cfg))
+        print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    specs = [f"{m}:{TAG}" for m in models]
+    score(specs)
+    report()
+    card(specs)
+
+
+def card_text(model, entry, cfg):
+    """The card of generator-v2 weights (the scores on the held-out sets are added by
+    `card` after scoring)."""
+    from keras_priors.volumetric.synthetic import v2
+
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items())
+    steps = cfg["epochs"] * cfg["steps_per_epoch"]
+    hours = entry["recipe"]["train_seconds"] / 3600
+    kind = ("LowRankConv3D `lr_join`: kx1x1 || 1xkx1 || 1x1xk + 1x1x1; first conv full"
+            if model == "unet3d_lowrank" else "full 3x3x3 convs")
+    return f"""# {model}, weight tag "{TAG}" (generator version {v2.VERSION})
+
+**Not a clinical model.** It has never seen a real tumour: it was trained on synthetic,
+domain-randomised lesions painted onto a real, healthy brain. Do not use it on patients.
+
+This version replaces the first `{TAG}` weights, which learned generator version 1 only
+(fixed contrasts, 10-20 mm lesions) and failed on anything else (docs/seg_study.md).
+
+- **Data**: generator version {v2.VERSION} (`keras_priors.volumetric.synthetic.v2`, training
+  ranges), {cfg["synth_cases"]} fresh cases every epoch, generated on the fly from
+  (seed, epoch) on the MNI152 2009 template (PyPI `nilearn`) at 2 mm:
+  {cfg["epochs"] * cfg["synth_cases"]:,} cases in all. Lesions of about 1-400 cm^3, single or
+  multifocal, with or without necrosis, enhancement and oedema, with mass effect; contrast
+  per tissue and compartment drawn at random; bias field, noise, gamma, low resolution,
+  random affine and elastic deformation. Validation: {cfg["synth_val_cases"]} fixed cases
+  on the Colin27 brain (Debian `mricron-data`), which training never sees.
+- **Architecture**: `{model}` ({kind}), widths {tuple(cfg["widths"])}, instance norm,
+  {cfg["patch"][0]}^3 patches of 4 channels, 3 sigmoid outputs (WT, TC, ET):
+  {entry["params"]:,} parameters, {entry["macs"] / 1e9:.2f} GMACs per patch.
+- **Training budget**: AdamW, learning rate {cfg["learning_rate"]} with cosine decay,
+  weight decay {cfg["weight_decay"]}, batch {cfg["batch_size"]}, {cfg["epochs"]} epochs x
+  {cfg["steps_per_epoch"]} steps = {steps:,} steps, {int(100 * cfg["foreground"])}% of
+  patches centred on tumour, soft Dice + BCE, {"bf16 mixed precision, " if cfg["mixed_precision"] else ""}seed
+  {cfg["seed"]}: {hours:.1f} h on 2 CPU cores.
+- **Preprocessing**: per-channel z-score over non-zero voxels; channels in the order
+  {entry["segmentation"]["modalities"]} (BraTS 2023 names t2f / t1n / t1c / t2w are
+  mapped); inputs at a voxel size other than {entry["segmentation"]["spacing"]} mm (BraTS'
+  1 mm) are resampled to it and the label map is written on the input's own grid.
+- **Held-out brain** (the validation cases, sliding window, 50% overlap, gaussian
+  blending): Dice {dice}.
+- **Use**: `keras-priors seg predict --model {model} --weights {TAG} --input CASE_OR_DIR
+  --out DIR`.
+- **Reproduce**: `python scripts/seg_generalisation.py data && python
+  scripts/seg_generalisation.py train {model} && python scripts/seg_generalisation.py ship
+  {model}`.
+- **sha256**: `{entry["sha256"]}`
+"""
 
 
 def write_data(cases=CASES, downsample=2):
@@ -165,12 +296,14 @@ def card(specs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["data", "score", "report", "card"])
+    parser.add_argument("step", choices=["data", "train", "ship", "score", "report", "card"])
     parser.add_argument("models", nargs="*", default=["unet3d_lowrank:synthetic_brats"])
     parser.add_argument("--cases", type=int, default=CASES)
     args = parser.parse_args(argv)
     if args.step == "data":
         write_data(args.cases)
+    elif args.step in ("train", "ship"):  # zoo names: a default "NAME:TAG" means NAME
+        (train if args.step == "train" else ship)([m.partition(":")[0] for m in args.models])
     elif args.step == "score":
         score(args.models)
     elif args.step == "card":
