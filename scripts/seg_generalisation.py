@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,9 +125,8 @@ def ship(models):
         (ROOT / entry["card"]).write_text(card_text(model, entry, cfg))
         print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB)")
     specs = [f"{m}:{TAG}" for m in models]
-    score(specs)
-    report()
-    card(specs)
+    for step in (["score", *specs], ["report"], ["card", *specs]):  # fresh processes: the
+        subprocess.run([sys.executable, __file__, *step], check=True)  # zoo reads manifests once
 
 
 def card_text(model, entry, cfg):
