@@ -176,6 +176,8 @@ def test_killed_worker_fails_bounded_and_resumes_on_one_worker(tmp_path):
     assert time.time() - t0 < 120
     state = json.loads((out / "state.json").read_text())
     assert 1 <= state["epoch"] < 4, "the run was not interrupted mid-way"
+    import keras_priors.layers  # noqa: F401  (registers the layers the checkpoint names)
+
     keras.saving.load_model(runs.checkpoint_path(out, state))  # still intact
 
     proc = _worker(tmp_path, out, tmp_path / "resumed.npz", "multiworker", cfg,
