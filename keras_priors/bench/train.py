@@ -35,7 +35,7 @@ import tensorflow as tf
 if args["variant"] == "fp32_1thread":
     tf.config.threading.set_intra_op_parallelism_threads(1)
 import keras
-from keras_priors import data as data_lib, training
+from keras_priors import data as data_lib, runs, training
 
 v = args["variant"]
 cfg = training.TrainConfig(args["model"], width=args["width"], batch_size=args["batch"],
@@ -57,7 +57,7 @@ if v == "pipeline":
     print("RESULT", json.dumps({"step_ms": round(1e3 * sec, 2),
                                 "images_per_s": round(cfg.batch_size / sec)}))
     sys.exit(0)
-keras.mixed_precision.set_global_policy(training._policy(cfg))
+keras.mixed_precision.set_global_policy(runs.precision_policy(cfg.mixed_precision))
 model = training.build_model(cfg, data)
 training.compile_model(model, cfg, n)
 if v.endswith("xla"):
