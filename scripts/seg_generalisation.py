@@ -88,42 +88,23 @@ def ship(models):
     """Copy each finished run's final weights into the package as the `synthetic_brats`
     tag (the entry it replaces is dropped), write its card, then score the new weights on
     every set, regenerate the report and record the scores in manifest and card."""
-    import hashlib
-    import shutil
+    from seg_study import ship_weights  # its neighbour in scripts/
 
-    dest = ROOT / "keras_priors" / "zoo" / "weights" / TAG
-    manifest_path = dest / "manifest.json"
+    manifest_path = ROOT / "keras_priors" / "zoo" / "weights" / TAG / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for model in models:
         run = run_folder(model)
         if not (run / "result.json").exists():
             raise SystemExit(f"{model}: no finished run in {run}; run `train {model}` first")
-        result = json.loads((run / "result.json").read_text())
-        split = json.loads((run / "split.json").read_text())
-        cfg = json.loads((run / "config.json").read_text())
-        target = dest / f"{model}.weights.h5"
-        shutil.copyfile(run / "weights.weights.h5", target)
-        entry = {
-            "file": f"zoo/weights/{TAG}/{model}.weights.h5",
-            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-            "classes": 3, "input_shape": [*cfg["patch"], split["channels"]],
-            "preprocessing": "zscore_nonzero",
-            "dice": result["dice"], "hd95": result["hd95"], "val_cases": result["val_cases"],
-            "macs": result["macs_per_patch"], "params": result["params"],
-            "segmentation": {"regions": split["regions"], "layout": split["layout"],
-                             "modalities": split["modalities"], "spacing": split["spacing"],
-                             "overlap": cfg["overlap"]},
-            "recipe": {k: cfg[k] for k in ("widths", "width", "patch", "epochs",
-                                           "steps_per_epoch", "batch_size", "learning_rate",
-                                           "foreground", "seed", "mixed_precision")}
-                      | {"data": split["prepared"], "held_out": split["held_out"],
-                         "train_seconds": result["train_seconds"]},
-            "card": f"docs/cards/{model}_{TAG}.md",
-        }
+        entry, cfg, _, _ = ship_weights(
+            run, model, TAG, ("widths", "width", "patch", "epochs", "steps_per_epoch",
+                              "batch_size", "learning_rate", "foreground", "seed",
+                              "mixed_precision"),
+            lambda split, result: {"data": split["prepared"], "held_out": split["held_out"],
+                                   "train_seconds": result["train_seconds"]})
         manifest[model] = entry
         manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
         (ROOT / entry["card"]).write_text(card_text(model, entry, cfg))
-        print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB)")
     specs = [f"{m}:{TAG}" for m in models]
     for step in (["score", *specs], ["report"], ["card", *specs]):  # fresh processes: the
         subprocess.run([sys.executable, __file__, *step], check=True)  # zoo reads manifests once

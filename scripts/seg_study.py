@@ -188,18 +188,20 @@ def report():
     print("\n".join(lines))
 
 
-def ship():
-    """Copy the low-rank synthetic-BraTS weights into the package with a manifest entry."""
-    run = run_dir("synthetic_brats", "unet3d_lowrank")
+def ship_weights(run, model, tag, recipe_keys, recipe_extra):
+    """Copy finished run `run`'s final weights into the package as `model` under weight
+    tag `tag`; returns (manifest entry, config, split, result) of the run. The entry's
+    recipe holds the config's `recipe_keys` and `recipe_extra(split, result)`."""
     result = json.loads((run / "result.json").read_text())
     split = json.loads((run / "split.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    dest = ROOT / "keras_priors" / "zoo" / "weights" / SHIP_TAG
+    dest = ROOT / "keras_priors" / "zoo" / "weights" / tag
     dest.mkdir(parents=True, exist_ok=True)
-    target = dest / "unet3d_lowrank.weights.h5"
+    target = dest / f"{model}.weights.h5"
     shutil.copyfile(run / "weights.weights.h5", target)
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB)")
     entry = {
-        "file": f"zoo/weights/{SHIP_TAG}/unet3d_lowrank.weights.h5",
+        "file": f"zoo/weights/{tag}/{model}.weights.h5",
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "classes": 3, "input_shape": [*cfg["patch"], split["channels"]],
         "preprocessing": "zscore_nonzero",
@@ -208,14 +210,23 @@ def ship():
         "segmentation": {"regions": split["regions"], "layout": split["layout"],
                          "modalities": split.get("modalities"), "spacing": split.get("spacing"),
                          "overlap": cfg["overlap"]},
-        "recipe": {k: cfg[k] for k in ("widths", "width", "patch", "epochs", "steps_per_epoch",
-                                       "batch_size", "learning_rate", "foreground", "seed")}
-                  | {"data": "16 synthetic BraTS 2021 cases (seed 0, 2 mm), 12 for training"},
-        "card": f"docs/cards/unet3d_lowrank_{SHIP_TAG}.md",
+        "recipe": {k: cfg[k] for k in recipe_keys} | recipe_extra(split, result),
+        "card": f"docs/cards/{model}_{tag}.md",
     }
+    return entry, cfg, split, result
+
+
+def ship():
+    """Copy the low-rank synthetic-BraTS weights into the package with a manifest entry."""
+    entry, cfg, split, _ = ship_weights(
+        run_dir("synthetic_brats", "unet3d_lowrank"), "unet3d_lowrank", SHIP_TAG,
+        ("widths", "width", "patch", "epochs", "steps_per_epoch", "batch_size",
+         "learning_rate", "foreground", "seed"),
+        lambda split, result: {"data": "16 synthetic BraTS 2021 cases (seed 0, 2 mm), "
+                                       "12 for training"})
+    dest = ROOT / "keras_priors" / "zoo" / "weights" / SHIP_TAG
     (dest / "manifest.json").write_text(json.dumps({"unet3d_lowrank": entry}, indent=1) + "\n")
     (ROOT / entry["card"]).write_text(card(entry, cfg, split))
-    print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB)")
 
 
 def card(entry, cfg, split):
