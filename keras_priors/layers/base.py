@@ -258,7 +258,7 @@ def _serialize(obj):
     return keras.saving.serialize_keras_object(obj) if obj is not None else None
 
 
-def recompute_gradient(fn, x, terms=None):
+def recompute_gradient(fn, x, terms=None, per_sample=False):
     """`fn(x)`, with a backward pass that recomputes `fn`'s intermediates from `x` instead
     of keeping them from the forward pass: only `x` is stored.
 
@@ -267,6 +267,11 @@ def recompute_gradient(fn, x, terms=None):
     one at a time, each waiting for the previous one's input gradient to be added to the
     running sum, so that at most one term's intermediates and input gradient exist at once
     instead of all of them until they are summed.
+
+    `per_sample`: run the backward pass one sample of the batch at a time (`fn` must treat
+    samples independently, as convolutions do), so that the recomputed intermediates and
+    the partial input gradients exist for one sample at once: less peak memory, smaller
+    kernels (docs/performance.md). TensorFlow only.
 
     On TensorFlow a custom gradient whose recomputation waits for the incoming gradient
     (a control dependency), so the graph executor cannot run it early and keep its results
@@ -277,23 +282,41 @@ def recompute_gradient(fn, x, terms=None):
         return keras.remat(fn)(x)
     import tensorflow as tf
 
+    def backward(x, dy, variables):
+        """(dx, [dvar]) of `fn` at `x` for the incoming gradient `dy`."""
+        dx, dvars, after = None, [None] * len(variables), dy
+        for term in terms or [fn]:
+            with tf.control_dependencies([after]):
+                x_again = tf.identity(x)
+            with tf.GradientTape() as tape:
+                tape.watch(x_again)
+                y_again = term(x_again)
+            grads = tape.gradient(y_again, [x_again, *variables], output_gradients=dy)
+            dx = grads[0] if dx is None else dx + grads[0]
+            dvars = [a if b is None else b if a is None else a + b
+                     for a, b in zip(dvars, grads[1:])]
+            after = dx
+        return dx, dvars
+
     @tf.custom_gradient
     def run(x):
         def grad(dy, variables=None):
             variables = list(variables or [])
-            dx, dvars, after = None, [None] * len(variables), dy
-            for term in terms or [fn]:
-                with tf.control_dependencies([after]):
-                    x_again = tf.identity(x)
-                with tf.GradientTape() as tape:
-                    tape.watch(x_again)
-                    y_again = term(x_again)
-                grads = tape.gradient(y_again, [x_again, *variables], output_gradients=dy)
-                dx = grads[0] if dx is None else dx + grads[0]
-                dvars = [a if b is None else b if a is None else a + b
-                         for a, b in zip(dvars, grads[1:])]
-                after = dx
-            return dx, dvars
+            if not per_sample:
+                return backward(x, dy, variables)
+
+            def one(sample):
+                dx, dvars = backward(sample[0][None], sample[1][None], variables)
+                return dx[0], [tf.zeros_like(v) if d is None else tf.convert_to_tensor(d)
+                               for d, v in zip(dvars, variables)]
+
+            with tf.control_dependencies([dy]):
+                x_after = tf.identity(x)
+            signature = (tf.TensorSpec(x.shape[1:], x.dtype),
+                         [tf.TensorSpec(v.shape, v.dtype) for v in variables])
+            dx, dvars = tf.map_fn(one, (x_after, dy), parallel_iterations=1,
+                                  fn_output_signature=signature)
+            return dx, [tf.reduce_sum(d, 0) for d in dvars]
 
         return fn(x), grad
 

@@ -250,9 +250,10 @@ class LowRankConv(StructuredConv):
         recompute: in training, keep only the layer input for the backward pass and
             recompute the member convs there, instead of storing the member outputs and
             their concatenation (default False). Outputs and gradients are the same either
-            way. It brings a plain stack of composites below a full conv's training memory
-            (773 vs 1182 MB; full Conv3D 819 MB, 64^3), but not a U-Net whose norm layers
-            dominate (3347 vs 3318 MB at 96^3, 1.4x the step time): docs/performance.md.
+            way. "per_sample": the same, with the backward pass run one sample at a time
+            (TensorFlow), which lowers the peak further for a slower step: in the 96^3
+            U-Net the TensorFlow allocator's training peak is 0.90x unet3d's with True and
+            0.78x with "per_sample" (0.88x / 0.83x at 128^3; docs/performance.md).
         Other arguments as in keras Conv layers.
     """
 
@@ -271,8 +272,9 @@ class LowRankConv(StructuredConv):
         **kwargs,
     ):
         positive_int(filters, "filters")
-        if not isinstance(recompute, bool):
-            raise ValueError(f"recompute must be True or False, received recompute={recompute!r}")
+        if not (isinstance(recompute, bool) or recompute == "per_sample"):
+            raise ValueError("recompute must be True, False or 'per_sample', received "
+                             f"recompute={recompute!r}")
         members, resolved_combine, resolved_sequential = resolve_basis(
             basis, filters, kernel_size, rank, combine, sequential
         )
@@ -297,7 +299,8 @@ class LowRankConv(StructuredConv):
     def call(self, inputs, training=None):
         if not (training and self.recompute):
             return super().call(inputs)
-        y = recompute_gradient(self._linear, inputs, self._terms(inputs))
+        y = recompute_gradient(self._linear, inputs, self._terms(inputs),
+                               per_sample=self.recompute == "per_sample")
         if self.activation not in (None, keras.activations.linear):
             return self.activation(y)
         mark_recomputable(y, self._linear, inputs)

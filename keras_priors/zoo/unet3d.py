@@ -11,8 +11,9 @@ Keras' layer with a faster and leaner path for one group per channel (same weigh
 training, the low-rank U-Net's composites recompute their cheap member convs in the
 backward pass (`recompute=True`, the default) and the norm after each of them recomputes
 its input from the composite's input, so each low-rank conv -> norm -> ReLU unit keeps
-only its input: the memory and time this buys are in
-docs/performance.md.
+only its input; `recompute="per_sample"` runs the composites' backward pass one sample
+of the batch at a time, for a lower peak and a slower step. The memory and time each buys
+are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class UNet3DConfig:
     groups: int = 4  # root only
     basis: str = "lr_join"  # lowrank only
     norm: str = "instance"  # "instance" (no batch statistics: right for batches of 1-2) or "batch"
-    recompute: bool = True  # lowrank only: training keeps each conv -> norm unit's input only
+    # lowrank only: True keeps each conv -> norm unit's input only in training;
+    # "per_sample" also runs the composites' backward pass one sample at a time (less
+    # memory, slower step); False stores everything (fastest)
+    recompute: bool | str = True
 
 
 def _conv(x, filters, cfg, name, first):

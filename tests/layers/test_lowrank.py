@@ -196,13 +196,15 @@ def test_valid_padding_input_too_small():
         layer.compute_output_shape((1, 3, 9, 2))
 
 
-@pytest.mark.parametrize("rank,basis,activation", [
-    (2, "lr_join", "relu"), (3, "lr_join", "relu"), (2, "lr_lde", "relu"),
-    (3, "lr_join_wfull", "relu"), (3, "lr_join", None), (2, "lr", None), (3, "sf", None)])
-def test_recompute_gives_the_same_outputs_and_gradients(rank, basis, activation):
+@pytest.mark.parametrize("rank,basis,activation,recompute", [
+    (2, "lr_join", "relu", True), (3, "lr_join", "relu", True), (2, "lr_lde", "relu", True),
+    (3, "lr_join_wfull", "relu", True), (3, "lr_join", None, True), (2, "lr", None, True),
+    (3, "sf", None, True), (3, "lr_join", "relu", "per_sample"), (2, "lr", None, "per_sample")])
+def test_recompute_gives_the_same_outputs_and_gradients(rank, basis, activation, recompute):
     """The memory-lean training path (only the input kept, member convs recomputed in the
-    backward pass one member at a time where they add up through the 1x1 combination)
-    equals the plain one, eagerly and inside a tf.function, with bias and activation."""
+    backward pass one member at a time where they add up through the 1x1 combination, and
+    with "per_sample" one sample at a time) equals the plain one, eagerly and inside a
+    tf.function, with bias and activation."""
     import tensorflow as tf
 
     from keras_priors.layers import LowRankConv2D, LowRankConv3D
@@ -211,7 +213,7 @@ def test_recompute_gives_the_same_outputs_and_gradients(rank, basis, activation)
     shape = (2, 9, 8, 5)[: rank + 1] + (3,) if rank == 2 else (2, 7, 6, 5, 3)
     x = tf.constant(np.random.default_rng(0).normal(size=shape), tf.float32)
     lean = cls(6, 3, basis=basis, padding="same", strides=1, activation=activation,
-               recompute=True)
+               recompute=recompute)
     plain = cls(6, 3, basis=basis, padding="same", strides=1, activation=activation,
                 recompute=False)
     lean.build(x.shape)
@@ -238,6 +240,8 @@ def test_recompute_is_in_the_config_and_checked():
     assert layer.get_config()["recompute"] is True
     assert LowRankConv2D.from_config(layer.get_config()).recompute is True
     assert LowRankConv2D(8, 3, basis="lr_join").recompute is False  # the default
-    with pytest.raises(ValueError, match="recompute must be True or False, "
+    assert LowRankConv2D.from_config(
+        LowRankConv2D(8, 3, recompute="per_sample").get_config()).recompute == "per_sample"
+    with pytest.raises(ValueError, match="recompute must be True, False or 'per_sample', "
                                          "received recompute='yes'"):
         LowRankConv2D(8, 3, recompute="yes")
