@@ -197,6 +197,8 @@ _BENCH_OPTIONS = {  # option: (attribute, the benchmarks that take it)
     "--cases": ("cases", ("seg",)), "--patch": ("patch", ("seg", "unet")),
     "--widths": ("widths", ("unet",)), "--models": ("models", ("train",)),
     "--mixed-precision": ("mixed_precision", ("unet",)),
+    "--allocator-peak": ("allocator_peak", ("unet",)),
+    "--no-keras-norm": ("no_keras_norm", ("unet",)),
 }
 
 
@@ -224,6 +226,8 @@ def _bench(args):
         argv += ["--patch", *map(str, args.patch)] if args.patch else []
         argv += ["--widths", *map(str, args.widths)] if args.widths else []
         argv += ["--mixed-precision"] if args.mixed_precision else []
+        argv += ["--allocator-peak"] if args.allocator_peak else []
+        argv += ["--no-keras-norm"] if args.no_keras_norm else []
         return unet.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "train":
         from .bench import train
@@ -364,6 +368,10 @@ def build_parser():
                    help="unet: filters per level (default 16 32 64 128)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="unet: every row under mixed_bfloat16, as seg train --mixed-precision")
+    p.add_argument("--allocator-peak", action="store_true",
+                   help="unet: also TensorFlow's allocator peak during a step")
+    p.add_argument("--no-keras-norm", action="store_true",
+                   help="unet: skip the rows with Keras' own GroupNormalization")
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="train: NiN / CIFAR ResNet models (default nin nin_root8 resnet20)")
     p.set_defaults(func=_bench)

@@ -111,12 +111,27 @@ def test_bench_unet_smoke(capsys, tmp_path):
     rows = [(r["model"], r["recompute"], r["norm"]) for r in results["rows"]]
     assert rows == [("unet3d", None, "keras"), ("unet3d", None, "ours"),
                     ("unet3d_lowrank", False, "keras"), ("unet3d_lowrank", False, "ours"),
-                    ("unet3d_lowrank", True, "ours"), ("unet3d_root", None, "ours")]
+                    ("unet3d_lowrank", True, "ours"), ("unet3d_lowrank", "per_sample", "ours"),
+                    ("unet3d_root", None, "ours")]
     for r in results["rows"]:  # at 16^3 the peak resident set may not rise by a whole MB
         assert r["memory_mb"] >= 0 and r["step_s"] > 0 and r["infer_s"] > 0 and r["patch"] == 16
     assert "| 16^3 | unet3d | - | ours |" in out and "| 1.00 |" in out
     assert results["machine"]["TF_ENABLE_ONEDNN_OPTS"] in ("0", "1")
     assert {r["precision"] for r in results["rows"]} == {"float32"}
+    assert not any("allocator_mb" in r for r in results["rows"])
+
+
+def test_bench_unet_allocator_peak(capsys, tmp_path):
+    """`--allocator-peak`: each row also gives TensorFlow's allocator peak during a step,
+    which a training step must raise (it holds the activations); `--no-keras-norm` drops
+    the two rows with Keras' own norm."""
+    saved = tmp_path / "unet.json"
+    assert cli.main(["bench", "unet", "--quick", "--allocator-peak", "--no-keras-norm",
+                     "--json", str(saved)]) == 0
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["norm"] for r in rows] == ["ours"] * 5
+    assert all(r["allocator_mb"] > 0 for r in rows)
+    assert "allocator peak MB" in capsys.readouterr().out
 
 
 def test_bench_unet_row_under_mixed_bfloat16():
