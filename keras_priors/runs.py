@@ -136,9 +136,14 @@ def _config_dict(cfg):
     return json.loads(json.dumps(asdict(cfg), default=io.jsonable))
 
 
+# fields a resumed run may change: the length of the run, and how the backward pass
+# trades memory for time (the gradients are the same)
+MAY_CHANGE = ("epochs", "recompute")
+
+
 def check_run_folder(out: Path, cfg, resume: bool):
     """The saved state to resume from (None for a fresh start); refuses to overwrite a run
-    or to resume one with a different configuration (`epochs` may change)."""
+    or to resume one with a different configuration (`MAY_CHANGE` may)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder (nothing was written)")
@@ -155,7 +160,7 @@ def check_run_folder(out: Path, cfg, resume: bool):
         # a field added since the run was saved counts as its default
         defaults = {f.name: f.default for f in fields(cfg)}
         mismatched = {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items()
-                      if k != "epochs" and saved.get(k, defaults.get(k)) != v}
+                      if k not in MAY_CHANGE and saved.get(k, defaults.get(k)) != v}
         if mismatched:
             raise ValueError(
                 f"--resume: {out} holds a run with a different configuration "

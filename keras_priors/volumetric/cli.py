@@ -138,6 +138,10 @@ def add_parser(sub):
     p.add_argument("--mixed-precision", action="store_true", default=None,
                    help="bfloat16 compute on CPU, float16 on GPU; weights stay float32 "
                         "(U-Net training 1.3-1.5x faster on an AVX-512 BF16 CPU: docs/performance.md)")
+    p.add_argument("--recompute", choices=["on", "off", "per_sample"], default=None,
+                   help="low-rank U-Nets: recompute the member convs in the backward pass "
+                        "(on, default), store them (off: faster, more memory), or recompute "
+                        "one sample at a time (per_sample: least memory; docs/performance.md)")
     g = p.add_argument_group("--data synthetic: cases generated on the fly (generator 2)")
     g.add_argument("--synth-cases", type=argtypes.positive_int, default=None,
                    help="fresh cases per epoch (default 16)")

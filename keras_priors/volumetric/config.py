@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from .. import zoo
 
+RECOMPUTE = {"on": True, "off": False, "per_sample": "per_sample"}
+
 
 @dataclass
 class SegConfig:
@@ -28,6 +30,10 @@ class SegConfig:
     val_every: int = 1  # epochs between validations during training (0: only at the end)
     val_cases: int = 3  # held-out cases scored during training (all are scored at the end)
     mixed_precision: bool = False  # bf16 compute on CPU (float16 on GPU); weights stay float32
+    # low-rank U-Nets: "on" (the zoo default: recompute the member convs in the backward
+    # pass), "off" (store them: fastest, most memory), "per_sample" (recompute, one sample
+    # at a time: least memory, slowest); the gradients are the same
+    recompute: str = "on"
     # data="synthetic": cases generated on the fly by generator v2 (synthetic.SyntheticSource)
     synth_cases: int = 16  # fresh cases per epoch
     synth_val_cases: int = 4  # fixed held-out cases
@@ -46,6 +52,9 @@ class SegConfig:
             if not isinstance(value, int) or value < (0 if name.startswith("val") else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name.startswith('val') else 'positive'} "
                                  f"integer, received {name}={value!r}")
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {tuple(RECOMPUTE)}, received "
+                             f"recompute={self.recompute!r}")
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
         self.synth_brains = tuple(self.synth_brains)
@@ -55,5 +64,7 @@ class SegConfig:
 
 def build(cfg: SegConfig, channels, outputs, activation):
     options = {"width": cfg.width} | ({"widths": cfg.widths} if cfg.widths else {})
+    if zoo.info(cfg.model)["family"] == "unet3d":
+        options["recompute"] = RECOMPUTE[cfg.recompute]
     return zoo.load(cfg.model, input_shape=(*cfg.patch, channels), classes=outputs,
                     classifier_activation=activation, **options)

@@ -282,3 +282,25 @@ def test_mixed_precision_training_resumes_and_keeps_float32_weights(dataset, tmp
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert cli.main([*args, "--resume"]) == 2  # the run was mixed precision: say so again
     assert cli.main([*args, "--resume", "--mixed-precision"]) == 0
+
+
+def test_recompute_choice_trains_and_may_change_on_resume(dataset, tmp_path):
+    """`seg train --recompute per_sample` builds the U-Net with the per-sample backward
+    pass and trains; a resume may switch it (the gradients are the same), while other
+    settings still must match; a bad value is refused by name."""
+    args = ["seg", "train", "--data", str(dataset), "--out", str(tmp_path / "run"), *ARGS]
+    assert cli.main([*args, "--epochs", "1", "--recompute", "per_sample"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recompute"] == "per_sample"
+    assert cli.main([*args, "--resume", "--recompute", "off"]) == 0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 2
+    assert cli.main([*args, "--resume", "--epochs", "3", "--learning-rate", "0.5"]) == 2
+    from keras_priors.volumetric.config import build
+
+    model = build(seg.SegConfig(patch=(16, 16, 16), widths=(4, 8), recompute="per_sample"),
+                  4, 3, "sigmoid")
+    assert {layer.recompute for layer in model.layers if hasattr(layer, "recompute")} == {
+        "per_sample"}
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        seg.SegConfig(recompute="yes")
