@@ -6,6 +6,8 @@ and the weights they ship.
     python scripts/fashion_mnist_study.py train   # every model x seed into runs/study (resumable)
     python scripts/fashion_mnist_study.py report  # table, plots, covariance -> docs/study/
     python scripts/fashion_mnist_study.py ship    # seed-0 weights + cards -> the package
+    python scripts/fashion_mnist_study.py ship --models nin nin_root8 --widths 2/3 \
+        --tag fashion_mnist_wide                  # the width-2/3 cells, their own weight tag
 
     # the width x schedule grid (runs/grid; every cell resumable, several cells at once)
     python scripts/fashion_mnist_study.py grid --models nin nin_root8 --widths 1/3 \
@@ -355,11 +357,16 @@ def covariance():
     return out
 
 
-def _shipped_run(model):
+def _shipped_run(model, width=None):
     """(run folder, recipe, all seeds' test accuracies) of the run to ship for `model`: its
-    converged grid cell at the shipped width (seed 0), else the first study's seed-0 run,
-    else None (the entry already shipped stays)."""
-    width = SHIPPED_WIDTH[family(model)]
+    converged grid cell at `width` (default: the family's shipped width; seed 0), else the
+    first study's seed-0 run (shipped width only), else None (the entry already shipped
+    stays)."""
+    if width is not None:
+        cell = cell_dir(model, width, "converged", 0)
+        if not (cell / "result.json").exists():
+            return None
+    width = SHIPPED_WIDTH[family(model)] if width is None else width
     cell = cell_dir(model, width, "converged", 0)
     if (cell / "result.json").exists():
         seeds = sorted(GRID_RUNS.glob(cell.name.replace("_seed0", "_seed*") + "/result.json"))
@@ -374,18 +381,20 @@ def _shipped_run(model):
     return None
 
 
-def ship():
-    """Copy each model's chosen seed-0 weights into the package and update the manifest and
-    cards; models with no run here keep the entry already shipped."""
-    SHIPPED.mkdir(parents=True, exist_ok=True)
-    path = SHIPPED / "manifest.json"
+def ship(models=MODELS, width=None, tag="fashion_mnist"):
+    """Copy each model's chosen seed-0 weights into the package (weight tag `tag`) and update
+    the manifest and cards; models with no run here keep the entry already shipped. `width`:
+    ship the converged grid cells of that width (tag "fashion_mnist_wide": width 2/3)."""
+    shipped = SHIPPED.parent / tag
+    shipped.mkdir(parents=True, exist_ok=True)
+    path = shipped / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
-    for model in MODELS:
-        chosen = _shipped_run(model)
+    for model in models:
+        chosen = _shipped_run(model, width)
         if chosen is None:
             continue
         src, rec, accs = chosen
-        dst = SHIPPED / f"{model}.weights.h5"
+        dst = shipped / f"{model}.weights.h5"
         shutil.copyfile(src / "weights.weights.h5", dst)
         result = json.loads((src / "result.json").read_text())
         accuracy = result["accuracy"]
@@ -395,20 +404,22 @@ def ship():
             accuracy = training.evaluate(model, str(dst), "fashion_mnist",
                                          width=rec["width"])["accuracy"]
         manifest[model] = {
-            "file": f"zoo/weights/fashion_mnist/{model}.weights.h5",
+            "file": f"zoo/weights/{tag}/{model}.weights.h5",
             "sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
             "accuracy": accuracy, "seed": 0, "accuracy_all_seeds": accs,
             "macs": result["macs"], "params": result["params"],
-            "recipe": rec, "card": f"docs/cards/{model}_fashion_mnist.md",
+            "recipe": rec, "card": f"docs/cards/{model}_{tag}.md",
         }
+        if tag != "fashion_mnist":
+            manifest[model]["preprocessing"] = "fashion_mnist"
         if "validation_accuracy" in result:
             manifest[model]["validation_accuracy"] = result["validation_accuracy"]
-        _card(model, manifest[model], src)
+        _card(model, manifest[model], src, tag)
         print(f"{model}: shipped {src.name} ({100 * accuracy:.2f}%)")
     path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _card(model, entry, src):
+def _card(model, entry, src, tag="fashion_mnist"):
     cards = ROOT / "docs" / "cards"
     cards.mkdir(parents=True, exist_ok=True)
     r = entry["recipe"]
@@ -422,8 +433,12 @@ def _card(model, entry, src):
         tail = [100 * h["val_accuracy"] for h in history[-5:]]
         why = (f"{r['epochs']} epochs is the converged schedule of the width x schedule study "
                "(docs/study.md): validation accuracy over the last five epochs was "
-               f"{', '.join(f'{a:.2f}' for a in tail)}%. These weights replace the earlier "
-               "3-epoch, 30,000-image ones (nin 83.06%, nin_root8 77.64%).")
+               f"{', '.join(f'{a:.2f}' for a in tail)}%. ")
+        why += ("These weights replace the earlier 3-epoch, 30,000-image ones (nin 83.06%, "
+                "nin_root8 77.64%)." if tag == "fashion_mnist" else
+                f"Width x{r['width']:.3f} is the study's cell where nin_root8's groups are "
+                "wide enough to come within a point of nin (docs/study.md); the weight tag "
+                "\"fashion_mnist\" has the narrower, faster models.")
         repro = "keras-priors " + " ".join(_cell_command(model, r["width"], next(
             k for k, e in SCHEDULES.items() if e == r["epochs"]), 0)[3:])
         repro = repro.replace(str(cell_dir(model, r["width"], "converged", 0)), f"runs/{model}")
@@ -441,7 +456,7 @@ def _card(model, entry, src):
                  f"{r['learning_rate']} --warmup-epochs {r['warmup_epochs']} --limit-train "
                  f"{r['limit_train']} --seed 0 --out runs/{model}")
         precision = ""
-    text = f"""# {model}, weight tag "fashion_mnist"
+    text = f"""# {model}, weight tag "{tag}"
 
 - **Data**: Fashion-MNIST (real, 28x28 grey, 10 classes; Debian package
   `dataset-fashion-mnist`). {data}
@@ -456,10 +471,10 @@ def _card(model, entry, src):
   {', '.join(f'{100 * a:.2f}%' for a in entry['accuracy_all_seeds'])}.
 - **Why this recipe**: {why}
 - **Reproduce**: `{repro}`
-- **Check**: `keras-priors evaluate {model} --weights fashion_mnist --data fashion_mnist`.
+- **Check**: `keras-priors evaluate {model} --weights {tag} --data fashion_mnist`.
 - **sha256**: `{entry['sha256']}`
 """
-    (cards / f"{model}_fashion_mnist.md").write_text(text)
+    (cards / f"{model}_{tag}.md").write_text(text)
 
 
 def main(argv=None):
@@ -475,6 +490,8 @@ def main(argv=None):
     parser.add_argument("--schedules", nargs="*", choices=list(SCHEDULES),
                         default=list(SCHEDULES))
     parser.add_argument("--jobs", type=int, default=1, help="grid: cells trained at once")
+    parser.add_argument("--tag", default="fashion_mnist",
+                        help="ship: the weight tag to write (with --widths: one width)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                         help="grid: override the family's precision (the precision check)")
     args = parser.parse_args(argv)
@@ -487,7 +504,12 @@ def main(argv=None):
     if args.step in ("all", "report"):
         report()
     if args.step in ("all", "ship"):
-        ship()
+        if args.widths and len(args.widths) != 1:
+            parser.error("ship takes one width (--widths 2/3 --tag fashion_mnist_wide)")
+        if bool(args.widths) != (args.tag != "fashion_mnist"):
+            parser.error("ship: a width other than the shipped one needs its own --tag, "
+                         "e.g. --widths 2/3 --tag fashion_mnist_wide")
+        ship(args.models, args.widths[0] if args.widths else None, args.tag)
     return 0
 
 
