@@ -38,7 +38,7 @@ def test_zoo_errors(capsys):
     code, _, err = run(capsys, "zoo", "info", "resnet50_rot")
     assert code == 2 and "Did you mean 'resnet50_root'" in err
     code, _, err = run(capsys, "zoo", "predict", "nin_root8", "x.png")
-    assert code == 2 and "nin_root8 has no weights 'imagenet' (available: fashion_mnist)" in err
+    assert code == 2 and "nin_root8 has no weights 'imagenet' (available: fashion_mnist, fashion_mnist_wide)" in err
     code, _, err = run(capsys, "zoo", "predict", "resnet50", "x.png")
     assert code == 2 and "resnet50 has no weights 'imagenet' (available: none)" in err
     with pytest.raises(SystemExit):

@@ -109,7 +109,7 @@ def test_unknown_name_suggests_the_closest():
 def test_unknown_weight_tag_lists_the_available_ones():
     with pytest.raises(ValueError, match=r"weights='imagenet21k' is neither a weight tag of 'efficientnet_lite0' \(available: 'imagenet'\)"):
         zoo.load("efficientnet_lite0", weights="imagenet21k")
-    with pytest.raises(ValueError, match=r"weights='imagenet' is neither a weight tag of 'nin_root8' \(available: 'fashion_mnist'\)"):
+    with pytest.raises(ValueError, match=r"weights='imagenet' is neither a weight tag of 'nin_root8' \(available: 'fashion_mnist', 'fashion_mnist_wide'\)"):
         zoo.load("nin_root8", weights="imagenet")
     with pytest.raises(ValueError, match=r"weights='imagenet' is neither a weight tag of 'resnet50' \(available: none\)"):
         zoo.load("resnet50", weights="imagenet")
