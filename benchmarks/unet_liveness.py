@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_priors import zoo  # noqa: E402
+from keras_priors.volumetric.config import RECOMPUTE  # noqa: E402
 from keras_priors.volumetric.losses import DiceCELoss  # noqa: E402
 
 VIEWS = {"Identity", "IdentityN", "Reshape", "Squeeze", "ExpandDims", "StopGradient",
@@ -30,7 +31,7 @@ VIEWS = {"Identity", "IdentityN", "Reshape", "Squeeze", "ExpandDims", "StopGradi
 
 
 def traced_step(model_name, patch, recompute):
-    extra = {"recompute": {"on": True, "off": False}.get(recompute, recompute)}
+    extra = {"recompute": RECOMPUTE[recompute]}
     model = zoo.load(model_name, input_shape=(patch,) * 3 + (4,), classes=3,
                      classifier_activation="sigmoid", widths=(16, 32, 64, 128), **extra)
     loss = DiceCELoss()

@@ -362,12 +362,7 @@ def _shipped_run(model, width=None):
     converged grid cell at `width` (default: the family's shipped width; seed 0), else the
     first study's seed-0 run (shipped width only), else None (the entry already shipped
     stays)."""
-    if width is not None:
-        cell = cell_dir(model, width, "converged", 0)
-        if not (cell / "result.json").exists():
-            return None
-    width = SHIPPED_WIDTH[family(model)] if width is None else width
-    cell = cell_dir(model, width, "converged", 0)
+    cell = cell_dir(model, width or SHIPPED_WIDTH[family(model)], "converged", 0)
     if (cell / "result.json").exists():
         seeds = sorted(GRID_RUNS.glob(cell.name.replace("_seed0", "_seed*") + "/result.json"))
         accs = [json.loads(f.read_text())["accuracy"] for f in seeds]
@@ -375,7 +370,7 @@ def _shipped_run(model, width=None):
         keep = ("data", "epochs", "batch_size", "optimizer", "learning_rate", "weight_decay",
                 "schedule", "warmup_epochs", "width", "validation", "mixed_precision")
         return cell, {k: cfg[k] for k in keep}, accs
-    if (run_dir(model, 0) / "result.json").exists():
+    if width is None and (run_dir(model, 0) / "result.json").exists():
         rows = {r["name"]: r for r in _results()}
         return run_dir(model, 0), recipe(model), rows[model]["accuracies"]
     return None
